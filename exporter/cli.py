@@ -62,25 +62,38 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument(
-        "--config.file", dest="config_file", metavar="PATH",
+        "--config.file",
+        dest="config_file",
+        metavar="PATH",
         help="YAML config (default: built-in defaults for the local device; "
         "see `scaleprobe check-config --help`)",
     )
     run.add_argument(
-        "--web.listen-address", dest="listen_address", default=":9478", metavar="HOST:PORT",
+        "--web.listen-address",
+        dest="listen_address",
+        default=":9478",
+        metavar="HOST:PORT",
         help="address to serve HTTP on (default :9478, all interfaces)",
     )
     run.add_argument(
-        "--web.config.file", dest="web_config_file", metavar="PATH",
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="PATH",
         help="TLS and basic-auth settings in the format Prometheus' exporters share "
         "(tls_server_config, basic_auth_users with bcrypt hashes)",
     )
     run.add_argument(
-        "--log.level", dest="log_level", default="info",
-        choices=["debug", "info", "warn", "error"], help="log level (default info)",
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=["debug", "info", "warn", "error"],
+        help="log level (default info)",
     )
     run.add_argument(
-        "--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"],
+        "--log.format",
+        dest="log_format",
+        default="logfmt",
+        choices=["logfmt", "json"],
         help="log line format (default logfmt)",
     )
 
@@ -94,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     once.add_argument("--config.file", dest="config_file", metavar="PATH", help="YAML config")
     once.add_argument(
-        "--json", action="store_true",
+        "--json",
+        action="store_true",
         help="print the calibration document (input of `predict --calibration`) instead of tables",
     )
     once.add_argument(
@@ -110,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     predict.add_argument(
-        "--model", required=True, metavar="NAME|CONFIG_DIR",
+        "--model",
+        required=True,
+        metavar="NAME|CONFIG_DIR",
         help="a preset (distilbert-base, bert-base, bigbird-roberta-base, ...) or a directory "
         "holding a Hugging Face config.json",
     )
@@ -126,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--seq-lens", default="128,512", metavar="LIST", help="comma-separated (default 128,512)"
     )
     predict.add_argument(
-        "--dtype", default=None, metavar="DTYPE",
+        "--dtype",
+        default=None,
+        metavar="DTYPE",
         help="float32, float16 or bfloat16 (default: float16 on a GPU, the calibrated dtype else)",
     )
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
