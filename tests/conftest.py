@@ -1,7 +1,7 @@
 """Shared test set-up.
 
-Integration tests need real binaries (prometheus, promtool, chromium). Locally a missing binary skips
-the test with the command that installs it; under CI (CI=true) it fails, so CI can never pass by
+Integration tests need real binaries (prometheus, promtool, chromium).
+Locally a missing binary skips the test with the command that installs it; under CI (CI=true) it fails, so CI can never pass by
 quietly skipping the real-parts tests.
 """
 

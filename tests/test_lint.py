@@ -1,7 +1,7 @@
 """The linters are part of the test command: ruff (lint and format) and mypy.
 
-They also keep the process model from eroding: ruff's banned-API rule (TID251) fails on any import of
-torch or transformers in models/ or exporter/.
+They also keep the process model from eroding: ruff's banned-API rule (TID251)
+fails on any import of torch or transformers in models/ or exporter/.
 """
 
 from __future__ import annotations
