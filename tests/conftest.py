@@ -1,8 +1,8 @@
 """Shared test set-up.
 
-Integration tests need real binaries (prometheus, promtool, chromium).
-Locally a missing binary skips the test with the command that installs it; under CI (CI=true) it fails, so CI can never pass by
-quietly skipping the real-parts tests.
+Integration tests need real binaries (prometheus, promtool, chromium). Locally a missing binary
+skips the test with the command that installs it; under CI (CI=true) it fails, so CI can never
+pass by quietly skipping the real-parts tests.
 """
 
 from __future__ import annotations
