@@ -106,6 +106,19 @@ SPECS: tuple[MetricSpec, ...] = (
         "Unix time of the calibration being served; alert on time() minus this to catch staleness.",
     ),
     MetricSpec(
+        "scaleprobe_last_cycle_timestamp_seconds",
+        "gauge",
+        ("device",),
+        "Unix time at which the device's last probe cycle ended, whatever its outcome.",
+    ),
+    MetricSpec(
+        "scaleprobe_cycle_consecutive_failures",
+        "gauge",
+        ("device",),
+        "Probe cycles of the device that failed in a row (0 after a good one); the daemon backs "
+        "off its retries as this grows.",
+    ),
+    MetricSpec(
         "scaleprobe_probe_compute_flops_per_second",
         "gauge",
         ("device", "dtype"),
@@ -271,6 +284,13 @@ SPECS: tuple[MetricSpec, ...] = (
         "Device time the probes have taken from the serving workload, in seconds, cumulative "
         "across daemon restarts.",
     ),
+    MetricSpec(
+        "scaleprobe_state_write_errors_total",
+        "counter",
+        (),
+        "Times the state file could not be written (read-only or full disk); the daemon keeps "
+        "serving, but a restart would lose the calibrations since the last good write.",
+    ),
 )
 
 SUCCESS = MetricSpec(
@@ -366,7 +386,7 @@ model="bert-base"} 14.1
     def render(self, snapshot: Snapshot | None) -> list[Metric]:
         """All metric families for ``snapshot`` (raises on a malformed snapshot)."""
         out = _Families(SPECS)
-        build = snapshot.build if snapshot is not None else {}
+        build = _build_versions(snapshot)
         out.add(
             "scaleprobe_build_info",
             [
@@ -382,7 +402,20 @@ model="bert-base"} 14.1
             out.add("scaleprobe_snapshot_age_seconds", [], age_seconds)
             for device in snapshot.devices:
                 _render_device(out, device)
+            out.add("scaleprobe_state_write_errors_total", [], snapshot.state_write_errors_total)
         return out.nonempty()
+
+
+def _build_versions(snapshot: Snapshot | None) -> dict[str, str]:
+    """torch/transformers versions from the snapshot, else from a device's worker environment."""
+    if snapshot is None:
+        return {}
+    versions = dict(snapshot.build)
+    for device in snapshot.devices:
+        for key in ("torch_version", "transformers_version"):
+            if not versions.get(key) and device.environment.get(key):
+                versions[key] = str(device.environment[key])
+    return versions
 
 
 def _render_device(out: _Families, device: DeviceState) -> None:
@@ -405,6 +438,8 @@ def _render_device(out: _Families, device: DeviceState) -> None:
         [name],
         device.calibration_timestamp_seconds,
     )
+    out.add("scaleprobe_last_cycle_timestamp_seconds", [name], device.last_cycle_timestamp_seconds)
+    out.add("scaleprobe_cycle_consecutive_failures", [name], device.consecutive_failures)
     _render_calibration(out, name, device.history)
     for model in device.models:
         _render_model(out, name, model)

@@ -107,6 +107,9 @@ def sample_snapshot() -> Snapshot:
         probe_runs_total={("compute", "ok"): 3, ("model", "ok"): 5, ("model", "skipped_budget"): 1},
         probe_duration_seconds={"compute": 0.9, "memory": 0.5, "dispatch": 0.25, "model": 3.0},
         probe_device_seconds_total=42.5,
+        environment={"torch_version": "2.13.0+cpu", "threads": 2},
+        last_cycle_timestamp_seconds=CREATED_AT_SECONDS - 5,
+        last_cycle_outcome="ok",
     )
     gpu = DeviceState(
         device="cuda:0",
@@ -125,9 +128,14 @@ def sample_snapshot() -> Snapshot:
         probe_runs_total={("cycle", "timeout"): 1},
         probe_duration_seconds={},
         probe_device_seconds_total=0.0,
+        last_cycle_timestamp_seconds=CREATED_AT_SECONDS - 1,
+        last_cycle_outcome="timeout",
+        last_cycle_reason="worker killed after 600 s",
+        consecutive_failures=2,
     )
     return Snapshot(
         created_at_seconds=CREATED_AT_SECONDS,
         build={"version": "0.1.0", "torch_version": "2.13.0+cpu", "transformers_version": "5.23.0"},
         devices=(cpu, gpu),
+        state_write_errors_total=1,
     )

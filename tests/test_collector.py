@@ -122,6 +122,8 @@ def test_values_come_from_the_snapshot() -> None:
         )
         == 1
     )
+    assert value(text, "scaleprobe_cycle_consecutive_failures", device="cuda:0") == 2
+    assert value(text, "scaleprobe_state_write_errors_total") == 1
     build = {"version": "0.0.0+golden", "torch_version": "2.13.0+cpu"}
     assert value(text, "scaleprobe_build_info", **build, transformers_version="5.23.0") == 1
 
