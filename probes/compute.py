@@ -1,0 +1,80 @@
+"""Compute probe: the device's sustained matrix-product rate in the configured dtype.
+
+What it saturates: the matrix units (tensor cores on a GPU, AVX-512/AMX-style units on a CPU)
+through one square ``torch.mm``, the kernel class that dominates a transformer's FLOPs.
+
+Why this size: a product has to be large enough that its launch and edge effects vanish and the
+library picks its best blocking; past that, larger only costs time and memory. On a GPU n = 8192
+(1.1 TFLOP, a few milliseconds on a datacentre part, 3 × 128 MiB in half precision); on the CPU
+n = 2048 (17 GFLOP, tens of milliseconds on two cores: ``bench/probe_quality.py`` shows larger
+sizes gain nothing here). The size halves until the three operands fit in ``memory_cap_bytes``.
+
+It also times 2–3 smaller square products, reported in ``detail["rates_by_size"]``: transformer
+layers at small batch × sequence run products far below the peak rate, and the performance model
+calibrates its small-GEMM efficiency from these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+from scaleprobe.probes.device import default_timer, dtype_bytes, torch_dtype
+from scaleprobe.probes.request import ProbeRequest, ProbeResult
+from scaleprobe.probes.timing import Timer, measure
+
+GPU_SIZE = 8192
+CPU_SIZE = 2048
+GPU_SMALL_SIZES = (512, 1024, 2048)
+CPU_SMALL_SIZES = (128, 256, 512)
+# Share of the timing budget spent on the large product; the small sizes share the rest.
+LARGE_SHARE = 0.7
+
+
+def size_under_cap(size: int, dtype: str, memory_cap_bytes: int) -> int:
+    """The largest power-of-two fraction of ``size`` whose three n×n operands fit in the cap."""
+    while size > 64 and 3 * size * size * dtype_bytes(dtype) > memory_cap_bytes:
+        size //= 2
+    return size
+
+
+def _rate(
+    n: int, request: ProbeRequest, timer: Timer, budget_seconds: float, threads: int
+) -> tuple[float, Any]:
+    dtype = torch_dtype(request.dtype)
+    a = torch.randn(n, n, dtype=dtype, device=request.device)
+    b = torch.randn(n, n, dtype=dtype, device=request.device)
+    out = torch.empty(n, n, dtype=dtype, device=request.device)
+    timing = replace(request.timing, budget_seconds=budget_seconds)
+    measurement = measure(lambda: torch.mm(a, b, out=out), timing, timer, threads=threads)
+    return 2.0 * n**3 / measurement.median_seconds, measurement
+
+
+def run(request: ProbeRequest, *, timer: Timer | None = None) -> ProbeResult:
+    """Time a large square matrix product, then a few small ones; FLOP/s from the median."""
+    timer = timer if timer is not None else default_timer(request.device)
+    threads = torch.get_num_threads()
+    size = size_under_cap(
+        GPU_SIZE if request.is_cuda else CPU_SIZE, request.dtype, request.memory_cap_bytes
+    )
+    budget = request.timing.budget_seconds
+    flops_per_second, measurement = _rate(size, request, timer, budget * LARGE_SHARE, threads)
+    small_sizes = [n for n in (GPU_SMALL_SIZES if request.is_cuda else CPU_SMALL_SIZES) if n < size]
+    rates_by_size = []
+    other_device_seconds = 0.0
+    for n in small_sizes:
+        share = budget * (1 - LARGE_SHARE) / len(small_sizes)
+        rate, small = _rate(n, request, timer, share, threads)
+        other_device_seconds += small.device_seconds
+        rates_by_size.append({"m": n, "n": n, "k": n, "flops_per_second": rate})
+    rates_by_size.append({"m": size, "n": size, "k": size, "flops_per_second": flops_per_second})
+    return ProbeResult(
+        probe="compute",
+        value=flops_per_second,
+        unit="flops_per_second",
+        measurement=measurement,
+        dtype=request.dtype,
+        detail={"m": size, "n": size, "k": size, "rates_by_size": rates_by_size},
+        other_device_seconds=other_device_seconds,
+    )

@@ -1,0 +1,123 @@
+"""Dispatch probe: what one tiny op costs the host (Python, the dispatcher, the launch).
+
+What it saturates: the host side of the framework. ``OPS_PER_SAMPLE`` in-place adds on
+one-element tensors do no device work worth the name, so the time per op is the framework's
+per-op cost: the "framework tax" that bounds small-batch, short-sequence inference.
+
+Why this size: one op is too short to time (a clock read costs about as much), so a sample is a
+loop of 200 ops, timed as one and divided; 200 one-element ops are a few hundred microseconds on a
+CPU and well inside a GPU's launch queue (about a thousand pending launches), so the host never
+blocks on a full queue and the figure stays a host cost.
+
+On CUDA the same 200 ops are also captured into a CUDA graph and replayed: the replay has no
+per-op host cost, so its time per op is the device's per-kernel floor
+(``detail["kernel_floor_seconds"]``), and ``value`` is the host clock's time to enqueue the
+eager ops. On the CPU kernels run inline on the host: there is no separate device floor to split
+off, ``kernel_floor_seconds`` is null, and ``value`` includes the (tiny) kernel work.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from scaleprobe.probes import graphs
+from scaleprobe.probes.device import default_timer
+from scaleprobe.probes.request import ProbeRequest, ProbeResult
+from scaleprobe.probes.timing import CudaEventTimer, HostTimer, Measurement, Timer, measure
+
+OPS_PER_SAMPLE = 200
+
+
+def tiny_ops(device: str, count: int = OPS_PER_SAMPLE) -> Callable[[], None]:
+    """``count`` in-place adds on one-element tensors: one kernel each, no real work."""
+    x = torch.zeros(1, device=device)
+    one = torch.ones(1, device=device)
+
+    def ops() -> None:
+        for _ in range(count):
+            x.add_(one)
+
+    return ops
+
+
+@dataclass(frozen=True)
+class CudaSplit:
+    """Host enqueue time of the eager ops and device time of their graph replay."""
+
+    host: Measurement
+    replay: Measurement
+
+
+def split_on_cuda(
+    ops: Callable[[], object],
+    request: ProbeRequest,
+    cuda: Any,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+) -> CudaSplit:
+    """Eager ops timed on the host clock (enqueue only), graph replay timed with CUDA events."""
+    threads = torch.get_num_threads()
+    half = replace(request.timing, budget_seconds=request.timing.budget_seconds / 2)
+    # Host clock around the eager ops, the device queue drained before and after each sample:
+    # the host's cost to issue the ops, never blocked by earlier queued work.
+    host = measure(
+        ops, half, _SyncBefore(HostTimer(clock=clock), cuda), clock=clock, threads=threads
+    )
+    graph = graphs.capture(ops, cuda)
+    replay = measure(graph.replay, half, CudaEventTimer(cuda), clock=clock, threads=threads)
+    return CudaSplit(host=host, replay=replay)
+
+
+class _SyncBefore:
+    """A host timer that drains the device queue before starting the clock, not after."""
+
+    name = "host_enqueue"
+
+    def __init__(self, timer: HostTimer, cuda: Any) -> None:
+        self.timer = timer
+        self.cuda = cuda
+
+    def time(self, fn: Callable[[], object]) -> float:
+        self.cuda.synchronize()
+        elapsed = self.timer.time(fn)
+        self.cuda.synchronize()
+        return elapsed
+
+
+def run(request: ProbeRequest, *, timer: Timer | None = None, cuda: Any = None) -> ProbeResult:
+    """Host cost per tiny op (and, on CUDA, the device's per-kernel floor)."""
+    ops = tiny_ops(request.device)
+    if request.is_cuda:
+        split = split_on_cuda(ops, request, cuda if cuda is not None else torch.cuda)
+        floor = split.replay.median_seconds / OPS_PER_SAMPLE
+        return ProbeResult(
+            probe="dispatch",
+            value=split.host.median_seconds / OPS_PER_SAMPLE,
+            unit="seconds",
+            measurement=split.host,
+            dtype=request.dtype,
+            detail={
+                "ops_per_sample": OPS_PER_SAMPLE,
+                "kernel_floor_seconds": floor,
+                "method": "host enqueue time per eager op; CUDA-graph replay time per op",
+            },
+            other_device_seconds=split.replay.device_seconds,
+        )
+    timer = timer if timer is not None else default_timer(request.device)
+    measurement = measure(ops, request.timing, timer, threads=torch.get_num_threads())
+    return ProbeResult(
+        probe="dispatch",
+        value=measurement.median_seconds / OPS_PER_SAMPLE,
+        unit="seconds",
+        measurement=measurement,
+        dtype=request.dtype,
+        detail={
+            "ops_per_sample": OPS_PER_SAMPLE,
+            "kernel_floor_seconds": None,
+            "method": "wall time per in-place add on a one-element tensor (kernels run inline)",
+        },
+    )

@@ -1,0 +1,260 @@
+"""The guard: probe politely beside a serving workload, and never let a probe kill the worker.
+
+Before each probe on an NVIDIA GPU the guard reads NVML: GPU utilisation over the threshold means
+the serving workload is busy (skip, ``skipped_busy``); free memory under the minimum means a probe
+could starve it (skip, ``skipped_memory``). ``nvml`` is the ``pynvml`` module (``nvidia-ml-py``),
+a parameter so tests hand in ``tests/fakes.FakeNVML``. Without NVML, or on the CPU, the guard
+records what it could not check and lets the probes run.
+
+``run_guarded`` is the one wrapper around every probe: guard check, timing of the whole call, an
+exception turned into a ``failed`` entry with its reason, memory released after an out-of-memory.
+
+``device_identity`` fills the result's ``device`` object with the labels dcgm-exporter uses
+(``gpu``, ``UUID``, ``modelName``) so the two exporters' series join.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scaleprobe.probes.device import (
+    cpu_model_name,
+    cuda_index,
+    host_memory_bytes,
+    is_out_of_memory,
+    release_memory,
+)
+
+log = logging.getLogger("scaleprobe.probes.guard")
+
+
+def _default_nvml() -> Any:
+    """The real pynvml module, or None when it is not installed."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    return pynvml
+
+
+class SkipProbe(Exception):
+    """Raised by a probe that decides not to run (e.g. a point that cannot fit the memory cap)."""
+
+    def __init__(self, outcome: str, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class GuardReading:
+    """What the guard saw before one probe; ``outcome`` is set when the probe must be skipped."""
+
+    checked: bool
+    reason: str
+    utilization_ratio: float | None = None
+    free_memory_bytes: int | None = None
+    outcome: str | None = None  # None (go ahead), "skipped_busy" or "skipped_memory"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checked": self.checked,
+            "reason": self.reason,
+            "utilization_ratio": self.utilization_ratio,
+            "free_memory_bytes": self.free_memory_bytes,
+        }
+
+
+class Guard:
+    """Checks the device before each probe and identifies it.
+
+    ``nvml`` defaults to the real ``pynvml`` for a CUDA device (``None`` disables NVML);
+    ``cuda`` to ``torch.cuda`` when needed (memory cap). On the CPU neither is touched.
+    """
+
+    def __init__(
+        self,
+        device: str,
+        *,
+        max_utilization_ratio: float = 0.5,
+        min_free_memory_bytes: int = 1024**3,
+        nvml: Any = "default",
+        cuda: Any = None,
+        cpuinfo: Path = Path("/proc/cpuinfo"),
+        meminfo: Path = Path("/proc/meminfo"),
+    ) -> None:
+        self.device = device
+        self.max_utilization_ratio = max_utilization_ratio
+        self.min_free_memory_bytes = min_free_memory_bytes
+        self.is_cuda = device.startswith("cuda")
+        self.cuda = cuda
+        self.cpuinfo = cpuinfo
+        self.meminfo = meminfo
+        self.nvml: Any = None
+        self.handle: Any = None
+        self.unavailable_reason = ""
+        if not self.is_cuda:
+            self.unavailable_reason = "no NVML on a CPU device"
+            return
+        module = _default_nvml() if nvml == "default" else nvml
+        if module is None:
+            self.unavailable_reason = "NVML not available (pynvml not installed)"
+            return
+        try:
+            module.nvmlInit()
+            self.handle = module.nvmlDeviceGetHandleByIndex(cuda_index(device))
+            self.nvml = module
+        except Exception as error:  # NVMLError and anything else a broken driver raises
+            self.unavailable_reason = f"NVML failed: {_describe(error)}"
+
+    def check(self) -> GuardReading:
+        """Read utilisation and free memory; decide whether the next probe may run."""
+        if self.nvml is None:
+            return GuardReading(checked=False, reason=self.unavailable_reason)
+        try:
+            utilization = self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu / 100.0
+            free = int(self.nvml.nvmlDeviceGetMemoryInfo(self.handle).free)
+        except Exception as error:
+            return GuardReading(checked=False, reason=f"NVML query failed: {_describe(error)}")
+        if utilization > self.max_utilization_ratio:
+            return GuardReading(
+                checked=True,
+                reason=f"device busy: utilization {utilization:.0%} over the "
+                f"{self.max_utilization_ratio:.0%} threshold",
+                utilization_ratio=utilization,
+                free_memory_bytes=free,
+                outcome="skipped_busy",
+            )
+        if free < self.min_free_memory_bytes:
+            return GuardReading(
+                checked=True,
+                reason=f"memory short: {free} bytes free, under the "
+                f"{self.min_free_memory_bytes} bytes minimum",
+                utilization_ratio=utilization,
+                free_memory_bytes=free,
+                outcome="skipped_memory",
+            )
+        return GuardReading(
+            checked=True,
+            reason="utilization and free memory within limits",
+            utilization_ratio=utilization,
+            free_memory_bytes=free,
+        )
+
+    def clocks(self) -> dict[str, int]:
+        """Current SM and memory clocks in MHz (empty when NVML cannot say)."""
+        if self.nvml is None:
+            return {}
+        try:
+            return {
+                "sm_mhz": int(
+                    self.nvml.nvmlDeviceGetClockInfo(self.handle, self.nvml.NVML_CLOCK_SM)
+                ),
+                "memory_mhz": int(
+                    self.nvml.nvmlDeviceGetClockInfo(self.handle, self.nvml.NVML_CLOCK_MEM)
+                ),
+            }
+        except Exception:
+            return {}
+
+    def apply_memory_cap(self, memory_cap_bytes: int) -> str:
+        """On CUDA, cap this process's allocator at ``memory_cap_bytes``; say what was done."""
+        if not self.is_cuda:
+            return "CPU: probes size themselves under the cap (no allocator limit on the host)"
+        cuda = self.cuda if self.cuda is not None else _torch_cuda()
+        index = cuda_index(self.device)
+        total = int(cuda.get_device_properties(index).total_memory)
+        fraction = min(1.0, memory_cap_bytes / total)
+        cuda.set_per_process_memory_fraction(fraction, index)
+        return f"CUDA allocator capped at {fraction:.3f} of {total} bytes"
+
+    def device_identity(self) -> dict[str, Any]:
+        """The result's ``device`` object: NVML identity on NVIDIA, /proc/cpuinfo on the CPU."""
+        if not self.is_cuda:
+            return {
+                "device": self.device,
+                "gpu": "",
+                "UUID": "",
+                "modelName": cpu_model_name(self.cpuinfo),
+                "driver_version": "",
+                "memory_bytes": host_memory_bytes(self.meminfo),
+                "kind": "cpu",
+            }
+        identity: dict[str, Any] = {
+            "device": self.device,
+            "gpu": str(cuda_index(self.device)),
+            "UUID": "",
+            "modelName": "",
+            "driver_version": "",
+            "memory_bytes": None,
+            "kind": "cuda",
+        }
+        if self.nvml is None:
+            return identity
+        for key, read in (
+            ("modelName", lambda: self.nvml.nvmlDeviceGetName(self.handle)),
+            ("UUID", lambda: self.nvml.nvmlDeviceGetUUID(self.handle)),
+            ("driver_version", lambda: self.nvml.nvmlSystemGetDriverVersion()),
+            ("memory_bytes", lambda: int(self.nvml.nvmlDeviceGetMemoryInfo(self.handle).total)),
+        ):
+            try:
+                value = read()
+                identity[key] = value.decode() if isinstance(value, bytes) else value
+            except Exception as error:
+                log.warning("NVML could not read %s: %s", key, _describe(error))
+        return identity
+
+
+def _torch_cuda() -> Any:
+    import torch
+
+    return torch.cuda
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def run_guarded(
+    name: str,
+    fn: Callable[[], dict[str, Any]],
+    guard: Guard,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+    cuda: Any = None,
+) -> dict[str, Any]:
+    """Run one probe under the guard; always return its result-document entry, never raise.
+
+    ``fn`` returns the probe's entry (without ``outcome``). The entry gets ``outcome``,
+    ``duration_seconds`` (wall time of the whole call) and ``reason`` when not ``ok``.
+    """
+    reading = guard.check()
+    if reading.outcome is not None:
+        log.info("skipping %s: %s", name, reading.reason)
+        return {"outcome": reading.outcome, "reason": reading.reason, "duration_seconds": 0.0}
+    started = clock()
+    try:
+        entry = dict(fn())
+    except SkipProbe as skip:
+        log.info("skipping %s: %s", name, skip.reason)
+        elapsed = clock() - started
+        return {"outcome": skip.outcome, "reason": skip.reason, "duration_seconds": elapsed}
+    except Exception as error:
+        out_of_memory = is_out_of_memory(error)
+        release_memory(guard.device, cuda)
+        prefix = "out of memory" if out_of_memory else "probe raised"
+        log.warning("%s failed: %s", name, _describe(error))
+        return {
+            "outcome": "failed",
+            "reason": f"{prefix}: {_describe(error)}",
+            "duration_seconds": clock() - started,
+        }
+    entry.setdefault("outcome", "ok")
+    entry["duration_seconds"] = clock() - started
+    return entry
