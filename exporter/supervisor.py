@@ -182,7 +182,9 @@ def run_worker(
     problems = validate_result(document)
     if problems:
         return outcome("malformed", "worker result document: " + "; ".join(problems[:5]))
-    return outcome("ok", f"{len(document['probes'])} probes, {len(document['points'])} points")
+    return outcome(
+        "ok", f"{len(document['probes'])} probes, {len(document['points'])} points", document
+    )
 
 
 def validate_result(document: object) -> list[str]:
