@@ -1,0 +1,423 @@
+"""Calibration from probes, robust refit from measured model points, transfer across devices.
+
+Three steps, each usable alone:
+
+1. ``calibrate(ProbeResults)``: the device parameters from the calibration probes alone. The
+   compute probe's best rate is the GEMM rate; its rates at smaller sizes give the saturation
+   curve's half size; the copy probe gives the bandwidth; the dispatch probe the host cost per op.
+2. ``refit(params, points, architectures)``: adjusts four multipliers (GEMM rate, GEMM half size,
+   elementwise bandwidth, host cost per op) to measured forward passes, minimising a Huber loss of
+   the log latency ratios plus a Gaussian prior pulling each multiplier toward 1, i.e. toward the
+   probe calibration. Few free parameters, a robust loss and the prior are why one or two bad
+   points cannot send it wild; with many good points the data win.
+3. ``transfer(params, source, target)``: carries a calibration to another device by datasheet
+   ratios (capacity planning for a device you do not have).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from scaleprobe.models.architecture import Architecture
+from scaleprobe.models.costs import ForwardCost, forward_cost
+from scaleprobe.models.devices import DeviceParams, DeviceSpec, params_from_spec
+from scaleprobe.models.errors import InputError
+from scaleprobe.models.predict import time_forward
+
+# Host cost of an op inside a model forward, relative to the dispatch probe's tight loop of tiny
+# ops: nn.Module calls, Python glue and views between the ops (measured in bench/model_check.py).
+DEFAULT_HOST_FACTOR = 1.0
+# Elementwise kernels of a forward run below the copy probe's streaming bandwidth (several
+# passes over small tensors, reductions in LayerNorm/softmax, GELU's arithmetic).
+DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO = 0.5
+DEFAULT_CPU_GEMM_HALF_SIZE = 48.0
+
+
+@dataclass(frozen=True)
+class ProbeResults:
+    """What the calibration probes measured on one device (the worker's ``probes`` records)."""
+
+    compute_flops_per_second: dict[str, float]
+    memory_bandwidth_bytes_per_second: float | None
+    dispatch_seconds: float | None
+    kernel_floor_seconds: float | None = None
+    # dtype -> [(m, n, k, flops_per_second)] from the compute probe's detail["rates_by_size"]
+    rates_by_size: Mapping[str, tuple[tuple[int, int, int, float], ...]] | None = None
+
+    @classmethod
+    def from_records(cls, records: Sequence[Mapping[str, Any]]) -> ProbeResults:
+        """Read a worker result's ``probes`` list (docs/internals.md), skipping failed probes."""
+        compute: dict[str, float] = {}
+        by_size: dict[str, list[tuple[int, int, int, float]]] = {}
+        bandwidth = dispatch = floor = None
+        for record in records:
+            if not isinstance(record, Mapping) or record.get("outcome") != "ok":
+                continue
+            probe, value = record.get("probe"), record.get("value")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                continue
+            detail = record.get("detail") or {}
+            if probe == "compute":
+                dtype = str(record.get("dtype", "float32"))
+                compute[dtype] = max(compute.get(dtype, 0.0), float(value))
+                for row in detail.get("rates_by_size") or []:
+                    try:
+                        entry = (
+                            int(row["m"]),
+                            int(row["n"]),
+                            int(row["k"]),
+                            float(row["flops_per_second"]),
+                        )
+                    except (KeyError, TypeError, ValueError):
+                        continue
+                    if entry[3] > 0:
+                        by_size.setdefault(dtype, []).append(entry)
+                        compute[dtype] = max(compute[dtype], entry[3])
+            elif probe == "memory":
+                bandwidth = float(value)
+            elif probe == "dispatch":
+                dispatch = float(value)
+                raw_floor = detail.get("kernel_floor_seconds")
+                if isinstance(raw_floor, (int, float)) and raw_floor >= 0:
+                    floor = float(raw_floor)
+        return cls(
+            compute_flops_per_second=compute,
+            memory_bandwidth_bytes_per_second=bandwidth,
+            dispatch_seconds=dispatch,
+            kernel_floor_seconds=floor,
+            rates_by_size={k: tuple(v) for k, v in by_size.items()},
+        )
+
+
+def gemm_half_size_from_rates(
+    rates: Sequence[tuple[int, int, int, float]], peak: float
+) -> float | None:
+    """Fit ``rate(x) = peak · x / (x + half)`` to the probe's rates at several sizes (x = min dim).
+
+    Each size below the peak gives ``half = x · (peak / rate - 1)``; the geometric mean is robust
+    to one noisy size. None when no size is clearly below the peak.
+    """
+    estimates = []
+    for m, n, k, rate in rates:
+        x = float(min(m, n, k))
+        if 0 < rate < 0.97 * peak:
+            estimates.append(x * (peak / rate - 1.0))
+    if not estimates:
+        return None
+    return float(math.exp(sum(math.log(e) for e in estimates) / len(estimates)))
+
+
+def calibrate(
+    probes: ProbeResults,
+    *,
+    kind: str = "cpu",
+    memory_bytes: int = 16 * 1024**3,
+    name: str = "cpu",
+    reserved_memory_bytes: int | None = None,
+) -> DeviceParams:
+    """Device parameters from the calibration probes alone (no measurement of a model).
+
+    A missing compute or memory probe is an InputError: there is nothing to predict from.
+    """
+    if not probes.compute_flops_per_second:
+        raise InputError("no successful compute probe: cannot calibrate the compute rate")
+    if not probes.memory_bandwidth_bytes_per_second:
+        raise InputError("no successful memory probe: cannot calibrate the memory bandwidth")
+    if kind not in ("cpu", "gpu"):
+        raise InputError(f"device kind must be cpu or gpu, got {kind!r}")
+    halves = [
+        half
+        for dtype, rates in (probes.rates_by_size or {}).items()
+        if (half := gemm_half_size_from_rates(rates, probes.compute_flops_per_second[dtype]))
+        is not None
+    ]
+    gpu = kind == "gpu"
+    half_size = (
+        float(np.median(halves)) if halves else (64.0 if gpu else DEFAULT_CPU_GEMM_HALF_SIZE)
+    )
+    dispatch = (
+        probes.dispatch_seconds if probes.dispatch_seconds is not None else (10e-6 if gpu else 5e-6)
+    )
+    floor = (
+        probes.kernel_floor_seconds
+        if probes.kernel_floor_seconds is not None
+        else (3e-6 if gpu else 0.0)
+    )
+    return DeviceParams(
+        name=name,
+        kind=kind,
+        compute_flops_per_second=dict(probes.compute_flops_per_second),
+        memory_bandwidth_bytes_per_second=probes.memory_bandwidth_bytes_per_second,
+        dispatch_seconds=dispatch * DEFAULT_HOST_FACTOR,
+        kernel_floor_seconds=floor if gpu else 0.0,
+        overlap=gpu,
+        memory_bytes=int(memory_bytes),
+        gemm_efficiency_ratio=1.0,
+        gemm_half_size=half_size,
+        elementwise_bandwidth_ratio=0.8 if gpu else DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO,
+        reserved_memory_bytes=(768 * 1024**2 if gpu else 0)
+        if reserved_memory_bytes is None
+        else reserved_memory_bytes,
+        source="probes",
+    )
+
+
+@dataclass(frozen=True)
+class MeasuredPoint:
+    """One measured forward pass of a model (median latency over several runs)."""
+
+    model: str
+    batch_size: int
+    seq_len: int
+    dtype: str
+    latency_seconds: float
+    framework_overhead_ratio: float | None = None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> MeasuredPoint:
+        """From a worker ``points`` record with outcome ok."""
+        return cls(
+            model=str(record["model"]),
+            batch_size=int(record["batch_size"]),
+            seq_len=int(record["seq_len"]),
+            dtype=str(record["dtype"]),
+            latency_seconds=float(record["latency_seconds"]),
+            framework_overhead_ratio=record.get("framework_overhead_ratio"),
+        )
+
+
+@dataclass(frozen=True)
+class Residual:
+    """Measured against predicted at one point; ratios are on throughput."""
+
+    model: str
+    batch_size: int
+    seq_len: int
+    dtype: str
+    measured_latency_seconds: float
+    predicted_latency_seconds: float
+    error_ratio: float  # (measured − predicted) / predicted throughput
+    outlier: bool
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """The refitted parameters, the residual of every point, and the errors before and after."""
+
+    params: DeviceParams
+    residuals: tuple[Residual, ...]
+    mape_ratio: float
+    initial_mape_ratio: float
+    multipliers: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "params": self.params.to_dict(),
+            "residuals": [r.__dict__ for r in self.residuals],
+            "mape_ratio": self.mape_ratio,
+            "initial_mape_ratio": self.initial_mape_ratio,
+            "multipliers": dict(self.multipliers),
+        }
+
+
+# The refit's free parameters: a log multiplier each, with the prior's standard deviation (in log
+# units: 0.7 lets a parameter move by a factor of two at the cost of one "sigma").
+FREE_PARAMETERS = ("compute", "gemm_half_size", "elementwise_bandwidth", "dispatch")
+PRIOR_SIGMA = {"compute": 0.5, "gemm_half_size": 1.0, "elementwise_bandwidth": 0.7, "dispatch": 0.7}
+# Residual scale of the Huber loss (log latency ratio): about the machine noise of one point.
+NOISE_SCALE = 0.04
+HUBER_K = 1.5
+OUTLIER_RATIO = 0.25
+
+
+def apply_multipliers(params: DeviceParams, theta: Sequence[float] | np.ndarray) -> DeviceParams:
+    """The parameters with the refit's log multipliers applied (order of FREE_PARAMETERS)."""
+    compute, half, elementwise, dispatch = (math.exp(float(t)) for t in theta)
+    return replace(
+        params,
+        compute_flops_per_second={
+            k: v * compute for k, v in params.compute_flops_per_second.items()
+        },
+        gemm_half_size=params.gemm_half_size * half,
+        elementwise_bandwidth_ratio=params.elementwise_bandwidth_ratio * elementwise,
+        dispatch_seconds=params.dispatch_seconds * dispatch,
+    )
+
+
+def _costs(
+    points: Sequence[MeasuredPoint], architectures: Mapping[str, Architecture]
+) -> list[ForwardCost]:
+    costs = []
+    for point in points:
+        if point.model not in architectures:
+            raise InputError(
+                f"measured point of unknown model {point.model!r}; "
+                f"known: {', '.join(architectures)}"
+            )
+        if not point.latency_seconds > 0:
+            raise InputError(f"measured latency must be positive, got {point.latency_seconds!r}")
+        costs.append(
+            forward_cost(architectures[point.model], point.batch_size, point.seq_len, point.dtype)
+        )
+    return costs
+
+
+def _log_residuals(
+    params: DeviceParams, points: Sequence[MeasuredPoint], costs: Sequence[ForwardCost]
+) -> np.ndarray:
+    return np.array(
+        [
+            math.log(p.latency_seconds / time_forward(c, params).latency_seconds)
+            for p, c in zip(points, costs, strict=True)
+        ]
+    )
+
+
+def refit(
+    params: DeviceParams,
+    points: Sequence[MeasuredPoint],
+    architectures: Mapping[str, Architecture],
+    *,
+    free: Sequence[str] = FREE_PARAMETERS,
+    iterations: int = 40,
+) -> FitReport:
+    """Refit the device parameters to measured points (robust, regularised; see module docstring).
+
+    ``free`` names the multipliers allowed to move; with fewer points than free parameters the
+    prior decides the rest. An empty ``points`` returns the parameters unchanged.
+    """
+    unknown = set(free) - set(FREE_PARAMETERS)
+    if unknown:
+        raise InputError(
+            f"unknown free parameter(s) {sorted(unknown)}; allowed: {', '.join(FREE_PARAMETERS)}"
+        )
+    costs = _costs(points, architectures)
+    mask = np.array([name in free for name in FREE_PARAMETERS], dtype=float)
+    sigma = np.array([PRIOR_SIGMA[name] for name in FREE_PARAMETERS])
+    theta = np.zeros(len(FREE_PARAMETERS))
+    initial = _log_residuals(params, points, costs) if points else np.zeros(0)
+
+    def objective(t: np.ndarray) -> tuple[float, np.ndarray]:
+        r = _log_residuals(apply_multipliers(params, t), points, costs) / NOISE_SCALE
+        a = np.abs(r)
+        huber = np.where(a <= HUBER_K, 0.5 * r * r, HUBER_K * a - 0.5 * HUBER_K**2)
+        return float(huber.sum() + 0.5 * np.sum((t / sigma) ** 2)), r
+
+    if points and mask.any():
+        damping = 1e-3
+        value, r = objective(theta)
+        step_size = 1e-4
+        for _ in range(iterations):
+            # Gauss-Newton on the IRLS-weighted problem, numerical Jacobian, Levenberg damping.
+            weights = np.where(np.abs(r) <= HUBER_K, 1.0, HUBER_K / np.maximum(np.abs(r), 1e-12))
+            jacobian = np.zeros((len(r), len(theta)))
+            for j in range(len(theta)):
+                if not mask[j]:
+                    continue
+                shifted = theta.copy()
+                shifted[j] += step_size
+                jacobian[:, j] = (
+                    _log_residuals(apply_multipliers(params, shifted), points, costs) / NOISE_SCALE
+                    - r
+                ) / step_size
+            prior = np.diag(mask / sigma**2)
+            hessian = jacobian.T @ (weights[:, None] * jacobian) + prior
+            gradient = jacobian.T @ (weights * r) + mask * theta / sigma**2
+            improved = False
+            while damping < 1e8:
+                system = hessian + damping * np.diag(np.diag(hessian) + 1e-9)
+                delta = -np.linalg.solve(system + np.diag(1.0 - mask), gradient) * mask
+                candidate = np.clip(theta + delta, -4.0, 4.0)
+                new_value, new_r = objective(candidate)
+                if new_value < value:
+                    theta, value, r = candidate, new_value, new_r
+                    damping = max(damping / 3, 1e-7)
+                    improved = True
+                    break
+                damping *= 4
+            if not improved or float(np.max(np.abs(delta))) < 1e-5:
+                break
+
+    fitted = replace(apply_multipliers(params, theta), source="refit" if points else params.source)
+    residuals = []
+    errors = []
+    for point, cost in zip(points, costs, strict=True):
+        predicted = time_forward(cost, fitted).latency_seconds
+        error = (
+            predicted / point.latency_seconds - 1.0
+        )  # on throughput: (measured − predicted) / predicted
+        errors.append(abs(point.latency_seconds / predicted - 1.0))  # MAPE of throughput
+        residuals.append(
+            Residual(
+                point.model,
+                point.batch_size,
+                point.seq_len,
+                point.dtype,
+                point.latency_seconds,
+                predicted,
+                error,
+                abs(error) > OUTLIER_RATIO,
+            )
+        )
+    initial_errors = [abs(math.exp(x) - 1.0) for x in initial]
+    return FitReport(
+        params=fitted,
+        residuals=tuple(residuals),
+        mape_ratio=_mape(errors),
+        initial_mape_ratio=_mape(initial_errors),
+        multipliers=dict(zip(FREE_PARAMETERS, np.exp(theta).tolist(), strict=True)),
+    )
+
+
+def _mape(errors: Sequence[float]) -> float:
+    """Mean absolute percentage error of throughput, as a ratio."""
+    return float(sum(errors) / len(errors)) if errors else 0.0
+
+
+def throughput_error_ratio(
+    measured_latency_seconds: float, predicted_latency_seconds: float
+) -> float:
+    """(measured − predicted) / predicted throughput = predicted latency / measured latency − 1."""
+    return predicted_latency_seconds / measured_latency_seconds - 1.0
+
+
+def transfer(
+    params: DeviceParams, source_spec: DeviceSpec | None, target_spec: DeviceSpec
+) -> DeviceParams:
+    """Carry a calibration to ``target_spec`` by datasheet ratios.
+
+    With a catalog ``source_spec`` of the same kind, the measured rates and bandwidth are scaled by
+    the target-to-source peak ratios and the fitted efficiencies and host cost are kept (the host
+    and the framework are assumed the same). Without one (a calibration made on a CPU, or on a
+    device not in the catalog) the target's datasheet defaults are used, keeping only the measured
+    host cost when the calibration came from a GPU host.
+    """
+    target = params_from_spec(target_spec)
+    if source_spec is None or params.kind != target.kind:
+        if params.kind == "gpu":
+            return replace(target, dispatch_seconds=params.dispatch_seconds, source="transfer")
+        return replace(target, source="transfer")
+    rates = {}
+    for dtype, peak in target_spec.peak_flops_per_second.items():
+        source_peak = source_spec.peak_flops_per_second.get(dtype)
+        if dtype in params.compute_flops_per_second and source_peak:
+            rates[dtype] = params.compute_flops_per_second[dtype] * peak / source_peak
+        else:
+            rates[dtype] = peak
+    bandwidth_ratio = (
+        target_spec.memory_bandwidth_bytes_per_second
+        / source_spec.memory_bandwidth_bytes_per_second
+    )
+    return replace(
+        params,
+        name=target_spec.name,
+        compute_flops_per_second=rates,
+        memory_bandwidth_bytes_per_second=params.memory_bandwidth_bytes_per_second
+        * bandwidth_ratio,
+        memory_bytes=target_spec.memory_bytes,
+        source="transfer",
+    )

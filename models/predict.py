@@ -1,0 +1,179 @@
+"""Predict one forward pass: latency, throughput, regime, framework-overhead share, MFU, memory.
+
+Each kernel of ``costs.forward_cost`` gets a device time from ``DeviceParams`` (a matrix product on
+a saturation curve in its smallest dimension, bounded below by its bytes over the bandwidth;
+an elementwise kernel by its bytes over the elementwise bandwidth) and a host time (its dispatched
+ops times the per-op cost). Then:
+
+- on a device that overlaps host and device (a GPU, asynchronous launches) a FIFO queue: kernel i
+  starts when the host has issued it and kernel i-1 has finished; latency is when the last ends;
+- on a CPU the same threads dispatch and compute: latency is host time plus device time.
+
+The framework-overhead share is the part of the latency the device spends idle waiting on the
+host, ``1 - device_busy / latency``. The equations and their limits are in docs/model.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from scaleprobe.models.architecture import Architecture
+from scaleprobe.models.costs import HOST, MATRIX_KINDS, ForwardCost, Kernel, forward_cost
+from scaleprobe.models.devices import DeviceParams
+from scaleprobe.models.errors import InputError
+
+FRAMEWORK, MEMORY, COMPUTE = "framework", "memory", "compute"
+# A point is framework-bound when the device idles for more than this share of the wall time.
+FRAMEWORK_BOUND_RATIO = 0.5
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The predicted forward pass at one (model, batch, sequence, dtype) on one device."""
+
+    model: str
+    batch_size: int
+    seq_len: int
+    dtype: str
+    latency_seconds: float
+    throughput_sequences_per_second: float
+    throughput_tokens_per_second: float
+    regime: str
+    framework_overhead_ratio: float
+    mfu_ratio: float
+    peak_memory_bytes: int
+    fits_in_memory: bool
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The pieces a prediction is made of (for the fit and for debugging)."""
+
+    latency_seconds: float
+    host_seconds: float
+    device_seconds: float
+    compute_bound_seconds: float
+    memory_bound_seconds: float
+
+
+def kernel_device_seconds(kernel: Kernel, params: DeviceParams, dtype: str) -> tuple[float, bool]:
+    """Device time of all calls of ``kernel``, and whether it is compute-bound."""
+    if kernel.kind == HOST:
+        return 0.0, False
+    calls = kernel.calls
+    floor = params.kernel_floor_seconds * calls
+    if kernel.kind in MATRIX_KINDS and kernel.gemm is not None:
+        size = float(min(kernel.gemm[1:]))
+        efficiency = size / (size + params.gemm_half_size)
+        compute = kernel.flops / (params.rate(dtype) * efficiency)
+        memory = kernel.bytes_moved / params.memory_bandwidth_bytes_per_second
+        return max(compute, memory) + floor, compute >= memory
+    bandwidth = params.memory_bandwidth_bytes_per_second * params.elementwise_bandwidth_ratio
+    return kernel.bytes_moved / bandwidth + floor, False
+
+
+def time_forward(cost: ForwardCost, params: DeviceParams) -> Timing:
+    """Latency of one forward from its kernels (FIFO queue with overlap, else a plain sum)."""
+    host_total = device_total = compute_bound = memory_bound = 0.0
+    host_clock = device_clock = 0.0
+    for kernel in cost.kernels:
+        device, is_compute = kernel_device_seconds(kernel, params, cost.dtype)
+        host = kernel.host_ops * params.dispatch_seconds
+        host_total += host
+        device_total += device
+        if is_compute:
+            compute_bound += device
+        else:
+            memory_bound += device
+        if params.overlap and kernel.calls > 0:
+            # `calls` identical launches: each call's host share issues it, the device runs it
+            # when free. For n identical (h, d) calls the queue ends at
+            # max(host_clock + n·h, device_clock) + ... ; simulated per call for exactness.
+            h, d = host / kernel.calls, device / kernel.calls
+            for _ in range(kernel.calls):
+                host_clock += h
+                if d > 0:
+                    device_clock = max(device_clock, host_clock) + d
+    latency = max(host_clock, device_clock) if params.overlap else host_total + device_total
+    return Timing(latency, host_total, device_total, compute_bound, memory_bound)
+
+
+def _fits(cost: ForwardCost, params: DeviceParams) -> bool:
+    return cost.peak_memory_bytes + params.reserved_memory_bytes <= params.memory_bytes
+
+
+def predict(
+    arch: Architecture, params: DeviceParams, batch_size: int, seq_len: int, dtype: str
+) -> Prediction:
+    """Predict one forward of ``arch`` at (batch_size, seq_len, dtype) on the device ``params``."""
+    params.rate(dtype)  # a clear error for an uncalibrated dtype
+    cost = forward_cost(arch, batch_size, seq_len, dtype)
+    timing = time_forward(cost, params)
+    latency = timing.latency_seconds
+    overhead = max(0.0, min(1.0, 1.0 - timing.device_seconds / latency)) if latency > 0 else 0.0
+    if overhead > FRAMEWORK_BOUND_RATIO:
+        regime = FRAMEWORK
+    elif timing.compute_bound_seconds >= timing.memory_bound_seconds:
+        regime = COMPUTE
+    else:
+        regime = MEMORY
+    mfu = cost.flops / (latency * params.peak(dtype)) if latency > 0 else 0.0
+    return Prediction(
+        model=arch.name,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        dtype=dtype,
+        latency_seconds=latency,
+        throughput_sequences_per_second=batch_size / latency,
+        throughput_tokens_per_second=batch_size * seq_len / latency,
+        regime=regime,
+        framework_overhead_ratio=overhead,
+        mfu_ratio=min(1.0, mfu),
+        peak_memory_bytes=cost.peak_memory_bytes,
+        fits_in_memory=_fits(cost, params),
+    )
+
+
+def predict_grid(
+    arch: Architecture,
+    params: DeviceParams,
+    batch_sizes: Iterable[int],
+    seq_lens: Iterable[int],
+    dtype: str,
+) -> list[Prediction]:
+    """Predictions over the grid, batch-major (every sequence length of batch 1, then batch 2 …)."""
+    seqs = list(seq_lens)
+    return [predict(arch, params, b, s, dtype) for b in batch_sizes for s in seqs]
+
+
+def max_batch_size(
+    arch: Architecture, params: DeviceParams, seq_len: int, dtype: str, limit: int = 1 << 20
+) -> int:
+    """Largest batch whose predicted peak memory fits the device at ``seq_len`` (0 if none does).
+
+    Memory grows monotonically with batch, so a doubling search then a bisection finds it.
+    """
+
+    def fits(batch: int) -> bool:
+        return _fits(forward_cost(arch, batch, seq_len, dtype), params)
+
+    if seq_len < 1:
+        raise InputError(f"sequence length must be a positive integer, got {seq_len!r}")
+    if not fits(1):
+        return 0
+    low, high = 1, 2
+    while high <= limit and fits(high):
+        low, high = high, high * 2
+    if high > limit:
+        return low
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    return low
