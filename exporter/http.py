@@ -309,7 +309,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(response.body)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        path = self.path.partition("?")[0] if self.path.startswith("/") else "<absolute-form>"
+        raw_path = getattr(self, "path", "")  # unset when the request line was rejected
+        path = raw_path.partition("?")[0] if raw_path.startswith("/") else "<not a path>"
         log.debug("http request", extra={"method": self.command, "path": path, "status": code})
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -459,7 +460,7 @@ def serve(
             f"--web.listen-address {listen_address!r}: cannot listen ({error.strerror})"
         ) from None
     thread = threading.Thread(
-        target=httpd.serve_forever, kwargs={"poll_interval": 0.5}, name="scaleprobe-http"
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="scaleprobe-http"
     )
     thread.daemon = True
     thread.start()
