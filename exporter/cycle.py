@@ -1,0 +1,645 @@
+"""One probe cycle on one device: choose points, run the worker, calibrate, score, refit, predict.
+
+The order matters for honest drift. Each measured point is first scored against what the model
+predicted *before* this cycle (``prior_error_ratio``: the previous refitted calibration, or on a
+first cycle the fresh probe calibration alone) and against the pinned baseline calibration
+(``baseline_error_ratio``); only then is the model refitted on the recent measurements. A device
+that slows down therefore shows as a negative error even though the refit will absorb it.
+
+A worker that fails, hangs or prints garbage leaves the device's last good calibration in place
+(``up`` false for this cycle), is counted in ``probe_runs_total{probe="cycle"}`` and raises the
+device's ``consecutive_failures``, from which the daemon derives its retry backoff.
+
+Pure parts (``select_points``, ``build_request``, ``apply_result``, ``apply_failure``) take plain
+values and are tested without a worker; ``run_cycle`` wires them to the supervisor.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from scaleprobe.exporter.config import Config
+from scaleprobe.exporter.snapshot import (
+    CalibrationSample,
+    DeviceState,
+    Figures,
+    Measurement,
+    ModelState,
+    PointRecord,
+    empty_device_state,
+)
+from scaleprobe.models import fit as fit_module
+from scaleprobe.models.architecture import Architecture, load_architecture, renamed
+from scaleprobe.models.devices import DeviceParams
+from scaleprobe.models.predict import max_batch_size, predict
+
+log = logging.getLogger("scaleprobe.cycle")
+
+WORKER_SCHEMA = "scaleprobe.worker/1"
+CALIBRATION_PROBES = ("compute", "memory", "dispatch")
+# Outcome labels of probe_runs_total (docs: DESIGN.md); the supervisor's "malformed" is a failure.
+_OUTCOME_LABELS = {"malformed": "failed"}
+
+
+@dataclass(frozen=True)
+class PlannedPoint:
+    model: str
+    batch_size: int
+    seq_len: int
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    state: DeviceState
+    outcome: str  # ok, failed, timeout, malformed (the cycle as a whole)
+    reason: str = ""
+    measured_points: int = 0
+
+
+def load_architectures(config: Config) -> dict[str, Architecture]:
+    """Each configured model's architecture, named by its ``model`` label."""
+    return {m.name: renamed(load_architecture(m.source), m.name) for m in config.models}
+
+
+# --- choosing the points ---------------------------------------------------------------------
+
+
+def _last_measured(previous: DeviceState | None) -> dict[tuple[str, int, int], float]:
+    seen: dict[tuple[str, int, int], float] = {}
+    if previous is None:
+        return seen
+    for model in previous.models:
+        for point in model.points:
+            if point.measured is not None:
+                key = (model.model, point.batch_size, point.seq_len)
+                seen[key] = point.measured.timestamp_seconds
+    return seen
+
+
+def _cost_estimate(
+    architecture: Architecture,
+    batch_size: int,
+    seq_len: int,
+    dtype: str,
+    params: DeviceParams | None,
+) -> float:
+    """Seconds if a calibration exists, else a proportional proxy (parameters x tokens)."""
+    if params is not None:
+        try:
+            return float(predict(architecture, params, batch_size, seq_len, dtype).latency_seconds)
+        except Exception:  # an odd point must not stop the choice; fall back to the proxy
+            pass
+    return float(architecture.parameter_count()) * batch_size * seq_len
+
+
+def select_points(
+    config: Config,
+    previous: DeviceState | None,
+    architectures: Mapping[str, Architecture],
+    dtype: str,
+    *,
+    count: int | None = None,
+) -> list[PlannedPoint]:
+    """This cycle's points: the least recently measured first, cheap ones first among equals.
+
+    Never-measured points come before measured ones, so the whole grid gets measured over a few
+    cycles and then rotates. Among points that tie (on a first cycle: all of them) the order
+    interleaves the models, cheapest point of each first: the first cycle measures at least one
+    cheap point per model (given ``points_per_cycle`` >= the number of models), so every model
+    has a measurement early. The worker runs them in this order and skips what exceeds the
+    budget; skipped points stay unmeasured and come first next time.
+    """
+    count = config.points_per_cycle if count is None else count
+    params = _params_of(previous)
+    last = _last_measured(previous)
+    candidates: list[tuple[float, int, int, PlannedPoint]] = []
+    for model_index, model in enumerate(config.models):
+        architecture = architectures[model.name]
+        grid = config.grid()
+        costs = [_cost_estimate(architecture, b, s, dtype, params) for b, s in grid]
+        ranks = {
+            point: rank
+            for rank, point in enumerate(sorted(grid, key=lambda p: costs[grid.index(p)]))
+        }
+        for batch_size, seq_len in grid:
+            key = (model.name, batch_size, seq_len)
+            candidates.append(
+                (
+                    last.get(key, -math.inf),
+                    ranks[(batch_size, seq_len)],
+                    model_index,
+                    PlannedPoint(model.name, batch_size, seq_len),
+                )
+            )
+    candidates.sort(key=lambda c: c[:3])
+    return [c[3] for c in candidates[:count]]
+
+
+def build_request(
+    config: Config,
+    device: str,
+    dtype: str,
+    points: Sequence[PlannedPoint],
+    architectures: Mapping[str, Architecture],
+    *,
+    calibrate: bool = True,
+) -> dict[str, Any]:
+    """The worker request of ``docs/internals.md``; each point carries its model's config.json."""
+    return {
+        "schema": WORKER_SCHEMA,
+        "device": device,
+        "dtype": dtype,
+        "calibrate": calibrate,
+        "points": [
+            {
+                "model": p.model,
+                "config": architectures[p.model].to_config(),
+                "batch_size": p.batch_size,
+                "seq_len": p.seq_len,
+            }
+            for p in points
+        ],
+        "budget_seconds": config.cycle_budget_seconds,
+        "memory_cap_bytes": config.memory_cap_bytes,
+        "guard": {
+            "max_utilization_ratio": config.max_utilization_ratio,
+            "min_free_memory_bytes": config.min_free_memory_bytes,
+        },
+    }
+
+
+# --- the models API, in one place ------------------------------------------------------------
+
+
+def _params_of(state: DeviceState | None) -> DeviceParams | None:
+    if state is None or state.calibration is None:
+        return None
+    try:
+        return DeviceParams.from_dict(state.calibration)
+    except Exception:
+        log.warning("stored calibration unreadable; ignoring it", extra={"device": state.device})
+        return None
+
+
+def _figures(prediction: Any) -> Figures:
+    return Figures(
+        latency_seconds=float(prediction.latency_seconds),
+        throughput_sequences_per_second=float(prediction.throughput_sequences_per_second),
+        throughput_tokens_per_second=float(prediction.throughput_tokens_per_second),
+        framework_overhead_ratio=float(prediction.framework_overhead_ratio),
+        mfu_ratio=float(prediction.mfu_ratio),
+        regime=str(prediction.regime),
+        peak_memory_bytes=float(prediction.peak_memory_bytes),
+        fits_in_memory=bool(prediction.fits_in_memory),
+    )
+
+
+def error_ratio(measured_latency_seconds: float, predicted_latency_seconds: float) -> float:
+    """(measured − predicted) / predicted *throughput*: negative when the device is slower."""
+    return predicted_latency_seconds / measured_latency_seconds - 1.0
+
+
+# --- applying a worker result ----------------------------------------------------------------
+
+
+def _label(outcome: str) -> str:
+    return _OUTCOME_LABELS.get(outcome, outcome)
+
+
+def _spread_ratio(samples: Sequence[float]) -> float | None:
+    if len(samples) < 4:
+        return None
+    quartiles = statistics.quantiles(samples, n=4)
+    median = statistics.median(samples)
+    return (quartiles[2] - quartiles[0]) / median if median > 0 else None
+
+
+def _bounded_history(
+    history: Sequence[CalibrationSample], config: Config, now: float
+) -> tuple[CalibrationSample, ...]:
+    recent = [h for h in history if now - h.timestamp_seconds <= config.history_max_age_seconds]
+    return tuple(recent[-config.history_max_samples :])
+
+
+def apply_failure(
+    previous: DeviceState | None,
+    device: str,
+    outcome: str,
+    reason: str,
+    duration_seconds: float,
+    now: float,
+) -> DeviceState:
+    """The device after a failed cycle: last good calibration kept, ``up`` false, counted."""
+    base = previous if previous is not None else empty_device_state(device)
+    counts = dict(base.probe_runs_total)
+    key = ("cycle", _label(outcome))
+    counts[key] = counts.get(key, 0) + 1
+    durations = dict(base.probe_duration_seconds)
+    durations["cycle"] = duration_seconds
+    return replace(
+        base,
+        up=False,
+        probe_runs_total=counts,
+        probe_duration_seconds=durations,
+        last_cycle_timestamp_seconds=now,
+        last_cycle_outcome=outcome,
+        last_cycle_reason=reason,
+        consecutive_failures=base.consecutive_failures + 1,
+    )
+
+
+def apply_result(
+    config: Config,
+    device: str,
+    previous: DeviceState | None,
+    result: Mapping[str, Any],
+    *,
+    architectures: Mapping[str, Architecture],
+    now: float,
+    cycle_duration_seconds: float,
+    reset_baseline: bool = False,
+) -> DeviceState:
+    """The device after a cycle whose worker returned ``result`` (a valid result document).
+
+    Raises ``ValueError``/``KeyError``/``TypeError`` if the document is not usable; the caller
+    treats that as a malformed result.
+    """
+    if result.get("schema") != WORKER_SCHEMA:
+        raise ValueError(f"result schema {result.get('schema')!r}, expected {WORKER_SCHEMA}")
+    dtype = config.dtype_for(device)
+    base = previous if previous is not None else empty_device_state(device)
+    counts = dict(base.probe_runs_total)
+    durations = dict(base.probe_duration_seconds)
+    device_seconds = base.probe_device_seconds_total
+
+    def count(probe: str, outcome: str) -> None:
+        key = (probe, _label(outcome))
+        counts[key] = counts.get(key, 0) + 1
+
+    probes = {}
+    for record in result.get("probes", []):
+        probe = str(record["probe"])
+        count(probe, str(record["outcome"]))
+        durations[probe] = float(record.get("duration_seconds") or 0.0)
+        device_seconds += float(record.get("device_seconds") or 0.0)
+        probes[probe] = record
+    model_seconds = 0.0
+    fresh: dict[tuple[str, int, int], Measurement] = {}
+    for record in result.get("points", []):
+        count("model", str(record["outcome"]))
+        model_seconds += float(record.get("duration_seconds") or 0.0)
+        device_seconds += float(record.get("device_seconds") or 0.0)
+        if record["outcome"] != "ok":
+            continue
+        latency = float(record["latency_seconds"])
+        if not (latency > 0 and math.isfinite(latency)):
+            raise ValueError(f"point latency_seconds {latency!r} is not a positive number")
+        key = (str(record["model"]), int(record["batch_size"]), int(record["seq_len"]))
+        overhead = record.get("framework_overhead_ratio")
+        peak = record.get("peak_memory_bytes")
+        fresh[key] = Measurement(
+            latency_seconds=latency,
+            framework_overhead_ratio=None if overhead is None else float(overhead),
+            peak_memory_bytes=None if peak is None else float(peak),
+            timestamp_seconds=now,
+            spread_ratio=_spread_ratio([float(s) for s in record.get("samples_seconds", [])]),
+        )
+    if result.get("points"):
+        durations["model"] = model_seconds
+    count("cycle", "ok")
+    durations["cycle"] = cycle_duration_seconds
+
+    identity_source = result.get("device", {})
+    identity = {
+        k: str(identity_source.get(k) or "") for k in ("gpu", "UUID", "modelName", "driver_version")
+    }
+    environment = dict(result.get("environment", {}))
+    prior_params = _params_of(previous)
+
+    if prior_params is not None and dtype not in prior_params.compute_flops_per_second:
+        prior_params = None  # calibrated for another dtype (the config changed): no prior
+
+    # 1. calibration from the probes (compute and memory ok), else the last good one is kept
+    probe_results = fit_module.ProbeResults.from_records(result.get("probes", []))
+    calibrated = (
+        dtype in probe_results.compute_flops_per_second
+        and probe_results.memory_bandwidth_bytes_per_second is not None
+    )
+    history = list(base.history)
+    reason = ""
+    if calibrated:
+        memory_bytes = identity_source.get("memory_bytes")
+        probe_params = fit_module.calibrate(
+            probe_results,
+            kind="gpu" if device.startswith("cuda") else "cpu",
+            memory_bytes=int(memory_bytes) if memory_bytes else 16 * 2**30,
+            name=identity["modelName"] or device,
+        )
+        history.append(
+            CalibrationSample(
+                timestamp_seconds=now,
+                compute_flops_per_second=dict(probe_results.compute_flops_per_second),
+                memory_bandwidth_bytes_per_second=float(
+                    probe_results.memory_bandwidth_bytes_per_second or 0.0
+                ),
+                dispatch_seconds=float(probe_params.dispatch_seconds),
+            )
+        )
+    else:
+        probe_params = prior_params
+        missing = [
+            f"{p}: {probes.get(p, {}).get('reason') or probes.get(p, {}).get('outcome', 'not run')}"
+            for p in CALIBRATION_PROBES[:2]
+            if probes.get(p, {}).get("outcome") != "ok"
+        ]
+        reason = "calibration probes did not run: " + "; ".join(missing)
+    if probe_params is None:  # never calibrated: nothing to predict with yet
+        return replace(
+            base,
+            identity=identity,
+            up=False,
+            probe_runs_total=counts,
+            probe_duration_seconds=durations,
+            probe_device_seconds_total=device_seconds,
+            guard=dict(result.get("guard", {})),
+            environment=environment,
+            last_cycle_timestamp_seconds=now,
+            last_cycle_outcome="ok",
+            last_cycle_reason=reason,
+            consecutive_failures=0,
+        )
+    if prior_params is None:
+        prior_params = probe_params  # first cycle: the probes' calibration is the prior
+
+    # 2. score this cycle's measurements against the prior (pre-refit) prediction
+    prior_errors: dict[tuple[str, int, int], float] = {}
+    for key, measurement in fresh.items():
+        architecture = architectures.get(key[0])
+        if architecture is None:
+            continue
+        before = predict(architecture, prior_params, key[1], key[2], dtype)
+        prior_errors[key] = error_ratio(measurement.latency_seconds, before.latency_seconds)
+
+    # 3. the recent measurements of the whole grid (latest per point), for the refit
+    previous_points = {
+        (m.model, p.batch_size, p.seq_len): p
+        for m in base.models
+        if m.dtype == dtype
+        for p in m.points
+    }
+    measurements: dict[tuple[str, int, int], Measurement] = {}
+    for key, point in previous_points.items():
+        if point.measured is not None and (
+            now - point.measured.timestamp_seconds <= config.history_max_age_seconds
+        ):
+            measurements[key] = point.measured
+    measurements.update(fresh)
+    grid_keys = {(m.name, b, s) for m in config.models for b, s in config.grid()}
+    measurements = {k: v for k, v in measurements.items() if k in grid_keys}
+
+    params = probe_params
+    if calibrated and measurements:
+        measured_points = [
+            fit_module.MeasuredPoint(
+                model=key[0],
+                batch_size=key[1],
+                seq_len=key[2],
+                dtype=dtype,
+                latency_seconds=m.latency_seconds,
+                framework_overhead_ratio=m.framework_overhead_ratio,
+            )
+            for key, m in sorted(measurements.items())
+        ]
+        report = fit_module.refit(probe_params, measured_points, dict(architectures))
+        params = report.params
+
+    # 4. the baseline: pinned at the first good calibration unless reset (or disabled)
+    baseline_dict = base.baseline
+    if config.baseline_mode == "none":
+        baseline_dict = None
+    elif baseline_dict is None or reset_baseline:
+        baseline_dict = params.to_dict() if calibrated else baseline_dict
+    baseline_params = DeviceParams.from_dict(baseline_dict) if baseline_dict else None
+    if baseline_params is not None and dtype not in baseline_params.compute_flops_per_second:
+        baseline_params = None
+
+    # 5. predict the grid, the serving points and the memory limits with the refitted params
+    models: list[ModelState] = []
+    previous_models = {m.model: m for m in base.models if m.dtype == dtype}
+    for model in config.models:
+        architecture = architectures[model.name]
+        records: list[PointRecord] = []
+        for batch_size, seq_len in config.grid():
+            key = (model.name, batch_size, seq_len)
+            measured = measurements.get(key)
+            old = previous_points.get(key)
+            prior_error = prior_errors.get(key)
+            if prior_error is None and measured is not None and old is not None:
+                prior_error = old.prior_error_ratio
+            baseline_error = None
+            if measured is not None and baseline_params is not None:
+                baseline_prediction = predict(
+                    architecture, baseline_params, batch_size, seq_len, dtype
+                )
+                baseline_error = error_ratio(
+                    measured.latency_seconds, baseline_prediction.latency_seconds
+                )
+            records.append(
+                PointRecord(
+                    batch_size=batch_size,
+                    seq_len=seq_len,
+                    predicted=_figures(predict(architecture, params, batch_size, seq_len, dtype)),
+                    measured=measured,
+                    prior_error_ratio=prior_error if measured is not None else None,
+                    baseline_error_ratio=baseline_error,
+                )
+            )
+        this_cycle = [prior_errors[k] for k in prior_errors if k[0] == model.name]
+        all_errors = [r.prior_error_ratio for r in records if r.prior_error_ratio is not None]
+        old_model = previous_models.get(model.name)
+        drift = (
+            statistics.median(this_cycle)
+            if this_cycle
+            else (old_model.drift_ratio if old_model is not None else None)
+        )
+        seq_lens = sorted({*config.seq_lens, model.serving_seq_len})
+        models.append(
+            ModelState(
+                model=model.name,
+                dtype=dtype,
+                serving_batch_size=model.serving_batch_size,
+                serving_seq_len=model.serving_seq_len,
+                capacity=_figures(
+                    predict(
+                        architecture,
+                        params,
+                        model.serving_batch_size,
+                        model.serving_seq_len,
+                        dtype,
+                    )
+                ),
+                points=tuple(records),
+                max_batch_size={
+                    s: int(max_batch_size(architecture, params, s, dtype)) for s in seq_lens
+                },
+                mape_ratio=statistics.fmean(abs(e) for e in all_errors) if all_errors else None,
+                drift_ratio=drift,
+            )
+        )
+
+    return replace(
+        base,
+        identity=identity,
+        up=calibrated,
+        calibration=params.to_dict(),
+        calibration_timestamp_seconds=now if calibrated else base.calibration_timestamp_seconds,
+        baseline=baseline_dict,
+        history=_bounded_history(history, config, now),
+        models=tuple(models),
+        probe_runs_total=counts,
+        probe_duration_seconds=durations,
+        probe_device_seconds_total=device_seconds,
+        guard=dict(result.get("guard", {})),
+        environment=environment,
+        last_cycle_timestamp_seconds=now,
+        last_cycle_outcome="ok",
+        last_cycle_reason=reason,
+        consecutive_failures=0,
+    )
+
+
+# --- running a cycle -------------------------------------------------------------------------
+
+
+def worker_command(config: Config) -> list[str]:
+    """The worker's command line: the configured one, else this Python running the real worker."""
+    if config.worker_command:
+        return list(config.worker_command)
+    return [sys.executable, "-m", "scaleprobe.probes.worker"]
+
+
+def run_cycle(
+    config: Config,
+    device: str,
+    previous: DeviceState | None,
+    *,
+    architectures: Mapping[str, Architecture] | None = None,
+    command: Sequence[str] | None = None,
+    run_worker: Callable[..., Any] | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+    reset_baseline: bool = False,
+    points: Sequence[PlannedPoint] | None = None,
+    cancel: threading.Event | None = None,
+) -> CycleResult:
+    """Run one cycle on ``device`` and return its new state; never raises for a worker fault.
+
+    ``cancel`` (set by the daemon on SIGTERM) ends a running worker; a cancelled cycle returns
+    ``previous`` unchanged with outcome ``cancelled``: stopping is not a device failure.
+    """
+    if run_worker is None:
+        from scaleprobe.exporter import supervisor
+
+        run_worker = supervisor.run_worker
+    architectures = load_architectures(config) if architectures is None else architectures
+    dtype = config.dtype_for(device)
+    planned = (
+        list(points)
+        if points is not None
+        else select_points(config, previous, architectures, dtype)
+    )
+    request = build_request(config, device, dtype, planned, architectures)
+    started = monotonic()
+    log.info(
+        "cycle start",
+        extra={"device": device, "probe": "cycle", "points": len(planned), "dtype": dtype},
+    )
+    outcome = run_worker(
+        request,
+        command=list(command) if command is not None else worker_command(config),
+        timeout_seconds=config.worker_timeout_seconds,
+        on_event=on_event if on_event is not None else (lambda event: None),
+        cancel=cancel,
+    )
+    duration = monotonic() - started
+    now = clock()
+    if getattr(outcome, "cancelled", False):
+        log.info("cycle cancelled", extra={"device": device, "probe": "cycle"})
+        base = previous if previous is not None else empty_device_state(device)
+        return CycleResult(base, "cancelled", "the daemon is stopping")
+    if outcome.outcome != "ok" or outcome.result is None:
+        reason = _failure_reason(outcome)
+        return _failed(previous, device, outcome.outcome, reason, duration, now)
+    try:
+        state = apply_result(
+            config,
+            device,
+            previous,
+            outcome.result,
+            architectures=architectures,
+            now=now,
+            cycle_duration_seconds=duration,
+            reset_baseline=reset_baseline,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        reason = f"unusable result document: {type(error).__name__}: {error}"
+        return _failed(previous, device, "malformed", reason, duration, now)
+    measured = sum(1 for p in outcome.result.get("points", []) if p.get("outcome") == "ok")
+    log.info(
+        "cycle done",
+        extra={
+            "device": device,
+            "probe": "cycle",
+            "outcome": "ok",
+            "up": state.up,
+            "points_measured": measured,
+            "points_planned": len(planned),
+            "duration_seconds": round(duration, 3),
+            **({"reason": state.last_cycle_reason} if state.last_cycle_reason else {}),
+        },
+    )
+    return CycleResult(state, "ok", state.last_cycle_reason, measured)
+
+
+def _failure_reason(outcome: Any) -> str:
+    """The supervisor's one-line message (it already quotes the last stderr line)."""
+    return str(getattr(outcome, "message", "") or outcome.outcome)
+
+
+def _failed(
+    previous: DeviceState | None,
+    device: str,
+    outcome: str,
+    reason: str,
+    duration: float,
+    now: float,
+) -> CycleResult:
+    state = apply_failure(previous, device, outcome, reason, duration, now)
+    log.warning(
+        "cycle failed; keeping the last good calibration",
+        extra={
+            "device": device,
+            "probe": "cycle",
+            "outcome": outcome,
+            "reason": reason,
+            "duration_seconds": round(duration, 3),
+            "consecutive_failures": state.consecutive_failures,
+        },
+    )
+    return CycleResult(state, outcome, reason)
+
+
+def backoff_seconds(consecutive_failures: int, initial_seconds: float, max_seconds: float) -> float:
+    """Wait before retrying a failing device: initial, doubling per further failure, capped."""
+    if consecutive_failures <= 0:
+        return 0.0
+    return min(max_seconds, initial_seconds * 2.0 ** min(consecutive_failures - 1, 30))
