@@ -13,7 +13,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from scaleprobe.exporter.config import Config, ModelConfig, default_config
 from scaleprobe.exporter.cycle import (
     CycleResult,
