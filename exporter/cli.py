@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="log line format (default logfmt)",
     )
 
+    run.add_argument(
+        "--baseline.reset",
+        dest="baseline_reset",
+        action="store_true",
+        help="pin the next good calibration as the drift baseline (after a deliberate change)",
+    )
+
     once = sub.add_parser(
         "once",
         help="run one probe cycle on the local device and print calibration and accuracy",
