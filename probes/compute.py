@@ -9,9 +9,10 @@ library picks its best blocking; past that, larger only costs time and memory. O
 n = 2048 (17 GFLOP, tens of milliseconds on two cores: ``bench/probe_quality.py`` shows larger
 sizes gain nothing here). The size halves until the three operands fit in ``memory_cap_bytes``.
 
-It also times 2–3 smaller square products, reported in ``detail["rates_by_size"]``: transformer
-layers at small batch × sequence run products far below the peak rate, and the performance model
-calibrates its small-GEMM efficiency from these.
+It also times 2–3 smaller square products (32, 128, 512 on the CPU; 512–2048 on a GPU, each
+sample a loop of at least 2·256³ FLOP so a clock read is negligible), reported in
+``detail["rates_by_size"]``: transformer layers at small batch × sequence run products far below
+the peak rate, and the performance model calibrates its small-GEMM efficiency from these.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from scaleprobe.probes.timing import Timer, measure
 GPU_SIZE = 8192
 CPU_SIZE = 2048
 GPU_SMALL_SIZES = (512, 1024, 2048)
-CPU_SMALL_SIZES = (128, 256, 512)
+CPU_SMALL_SIZES = (32, 128, 512)
+# Small products are timed in loops so one sample is long enough to read a clock around it.
+LOOP_FLOPS = 2 * 256**3
 # Share of the timing budget spent on the large product; the small sizes share the rest.
 LARGE_SHARE = 0.7
 
@@ -47,8 +50,14 @@ def _rate(
     b = torch.randn(n, n, dtype=dtype, device=request.device)
     out = torch.empty(n, n, dtype=dtype, device=request.device)
     timing = replace(request.timing, budget_seconds=budget_seconds)
-    measurement = measure(lambda: torch.mm(a, b, out=out), timing, timer, threads=threads)
-    return 2.0 * n**3 / measurement.median_seconds, measurement
+    loops = max(1, LOOP_FLOPS // (2 * n**3))
+
+    def products() -> None:
+        for _ in range(loops):
+            torch.mm(a, b, out=out)
+
+    measurement = measure(products, timing, timer, threads=threads)
+    return 2.0 * n**3 * loops / measurement.median_seconds, measurement
 
 
 def run(request: ProbeRequest, *, timer: Timer | None = None) -> ProbeResult:

@@ -257,4 +257,7 @@ def run_guarded(
         }
     entry.setdefault("outcome", "ok")
     entry["duration_seconds"] = clock() - started
+    clocks = guard.clocks()  # read right after the work: the clocks it ran at (GPU only)
+    if clocks and isinstance(entry.get("timing"), dict):
+        entry["timing"]["clocks"] = clocks
     return entry

@@ -25,11 +25,16 @@ What it reports per point:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import re
 import statistics
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +54,7 @@ METADATA_OPS = frozenset("aten::" + name for name in (
     "to", "lift_fresh", "dropout",
 ))
 # fmt: on
+PROFILER_CHATTER = re.compile(r"^(USDT|STAGE):")
 # Forwards shorter than this get three profiled runs (median share), longer ones one.
 SHORT_FORWARD_SECONDS = 0.05
 
@@ -235,7 +241,10 @@ def profile_forward(forward: Callable[[], object]) -> tuple[float, int, float]:
     """One forward under torch.profiler: (overhead share, peak activation bytes, wall seconds)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with (
+        _without_profiler_chatter(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
         started = time.perf_counter()
         forward()
         wall = time.perf_counter() - started
@@ -260,6 +269,27 @@ def profile_forward(forward: Callable[[], object]) -> tuple[float, int, float]:
         peak = max(peak, running)
     share = min(1.0, max(0.0, (wall - kernel_us / 1e6) / wall)) if wall > 0 else 0.0
     return share, int(peak), wall
+
+
+@contextlib.contextmanager
+def _without_profiler_chatter() -> Iterator[None]:
+    """Drop the profiler's own start/stop marker lines (``USDT:``/``STAGE:``, written by C++ to
+    file descriptor 2) and pass every other stderr line through: the worker's stderr is read by
+    the supervisor, and these markers would flood the daemon's log."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode("utf-8", "replace").splitlines():
+                if not PROFILER_CHATTER.match(line):
+                    print(line, file=sys.stderr)
 
 
 def _cuda_overhead_and_memory(

@@ -1,0 +1,193 @@
+"""The guard: NVML checks through FakeNVML, the memory cap and OOM handling through FakeCuda,
+and the one wrapper that turns any probe failure into a recorded outcome."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from scaleprobe.probes.guard import Guard, SkipProbe, run_guarded
+
+from tests.fakes import FakeCuda, FakeGPU, FakeNVML
+
+GiB = 1024**3
+
+
+def cuda_guard(nvml: object, **kwargs: object) -> Guard:
+    return Guard(
+        "cuda:0",
+        max_utilization_ratio=0.5,
+        min_free_memory_bytes=4 * GiB,
+        nvml=nvml,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_an_idle_gpu_with_memory_lets_the_probe_run() -> None:
+    nvml = FakeNVML(gpus=[FakeGPU(utilization_percent=20, free_bytes=10 * GiB)])
+    reading = cuda_guard(nvml).check()
+    assert reading.checked and reading.outcome is None
+    assert reading.utilization_ratio == pytest.approx(0.2)
+    assert reading.free_memory_bytes == 10 * GiB
+
+
+def test_a_busy_gpu_skips_the_probe_with_a_reason() -> None:
+    nvml = FakeNVML(gpus=[FakeGPU(utilization_percent=85)])
+    reading = cuda_guard(nvml).check()
+    assert reading.outcome == "skipped_busy"
+    assert "85%" in reading.reason and "50%" in reading.reason
+
+
+def test_short_memory_skips_the_probe_with_a_reason() -> None:
+    nvml = FakeNVML(gpus=[FakeGPU(utilization_percent=10, free_bytes=2 * GiB)])
+    reading = cuda_guard(nvml).check()
+    assert reading.outcome == "skipped_memory"
+    assert str(2 * GiB) in reading.reason
+
+
+def test_the_guard_reads_the_gpu_the_device_names() -> None:
+    nvml = FakeNVML(gpus=[FakeGPU(utilization_percent=0), FakeGPU(utilization_percent=99)])
+    assert Guard("cuda:1", nvml=nvml).check().outcome == "skipped_busy"
+    assert Guard("cuda:0", nvml=nvml).check().outcome is None
+
+
+def test_the_reading_changes_between_probes() -> None:
+    nvml = FakeNVML()
+    guard = cuda_guard(nvml)
+    assert guard.check().outcome is None
+    nvml.gpus[0].utilization_percent = 95  # the serving workload wakes up
+    assert guard.check().outcome == "skipped_busy"
+
+
+@pytest.mark.parametrize(
+    ("nvml", "reason"),
+    [
+        (None, "NVML not available"),
+        (FakeNVML(fail_init=True), "Driver Not Loaded"),
+        (FakeNVML(gpus=[]), "Invalid Argument"),
+    ],
+)
+def test_without_nvml_the_guard_says_so_and_probes_run(nvml: object, reason: str) -> None:
+    guard = cuda_guard(nvml)
+    reading = guard.check()
+    assert not reading.checked and reading.outcome is None
+    assert reason in reading.reason
+    entry = run_guarded("compute", lambda: {"value": 1.0}, guard)
+    assert entry["outcome"] == "ok"
+
+
+def test_a_failing_query_is_reported_not_raised() -> None:
+    reading = cuda_guard(FakeNVML(fail_queries=True)).check()
+    assert not reading.checked and "GPU is lost" in reading.reason
+
+
+def test_cpu_guard_checks_nothing_and_identifies_the_cpu(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9654 96-Core Processor\n")
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16384 kB\n")
+    guard = Guard("cpu", nvml=FakeNVML(), cpuinfo=cpuinfo, meminfo=meminfo)
+    assert guard.check().reason == "no NVML on a CPU device"
+    assert guard.device_identity() == {
+        "device": "cpu",
+        "gpu": "",
+        "UUID": "",
+        "modelName": "AMD EPYC 9654 96-Core Processor",
+        "driver_version": "",
+        "memory_bytes": 16384 * 1024,
+        "kind": "cpu",
+    }
+
+
+def test_gpu_identity_comes_from_nvml_with_dcgm_labels() -> None:
+    nvml = FakeNVML(
+        gpus=[FakeGPU(), FakeGPU(name=b"Tesla T4", uuid=b"GPU-abc", total_bytes=16 * GiB)],
+        driver_version=b"535.104.05",
+    )
+    identity = Guard("cuda:1", nvml=nvml).device_identity()
+    assert identity == {
+        "device": "cuda:1",
+        "gpu": "1",
+        "UUID": "GPU-abc",
+        "modelName": "Tesla T4",
+        "driver_version": "535.104.05",
+        "memory_bytes": 16 * GiB,
+        "kind": "cuda",
+    }
+
+
+def test_identity_survives_nvml_refusing_to_name_the_gpu() -> None:
+    identity = Guard("cuda:0", nvml=FakeNVML(fail_identity=True)).device_identity()
+    assert identity["gpu"] == "0" and identity["modelName"] == "" and identity["UUID"] == ""
+    assert identity["driver_version"] == "550.54.15"
+
+
+def test_clocks_are_read_for_the_timing_record() -> None:
+    nvml = FakeNVML(gpus=[FakeGPU(sm_clock_mhz=1200, memory_clock_mhz=5001)])
+    assert Guard("cuda:0", nvml=nvml).clocks() == {"sm_mhz": 1200, "memory_mhz": 5001}
+    assert Guard("cpu").clocks() == {}
+
+
+def test_clocks_are_recorded_with_every_result() -> None:
+    guard = Guard("cuda:0", nvml=FakeNVML(gpus=[FakeGPU(sm_clock_mhz=990)]))
+    entry = run_guarded("compute", lambda: {"value": 1.0, "timing": {"clocks": {}}}, guard)
+    assert entry["timing"]["clocks"]["sm_mhz"] == 990
+
+
+def test_memory_cap_on_cuda_sets_the_allocator_fraction() -> None:
+    cuda = FakeCuda(total_memory=80 * GiB)
+    note = Guard("cuda:0", nvml=None, cuda=cuda).apply_memory_cap(8 * GiB)
+    assert cuda.memory_fraction == (pytest.approx(0.1), 0)
+    assert "0.100" in note
+    assert "CPU" in Guard("cpu").apply_memory_cap(8 * GiB)
+
+
+def test_an_exception_becomes_a_failed_entry() -> None:
+    def broken() -> dict[str, object]:
+        raise ValueError("shapes cannot be multiplied (2x3 and 4x5)")
+
+    entry = run_guarded("compute", broken, Guard("cpu"))
+    assert entry["outcome"] == "failed"
+    assert "ValueError: shapes cannot be multiplied" in entry["reason"]
+    assert entry["duration_seconds"] >= 0
+
+
+def test_out_of_memory_is_recorded_and_memory_released() -> None:
+    cuda = FakeCuda()
+    guard = Guard("cuda:0", nvml=FakeNVML(), cuda=cuda)
+
+    def oom() -> dict[str, object]:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    entry = run_guarded("model", oom, guard, cuda=cuda)
+    assert entry["outcome"] == "failed"
+    assert entry["reason"].startswith("out of memory")
+    assert cuda.empty_cache_calls == 1
+
+
+def test_host_out_of_memory_is_recognised() -> None:
+    def oom() -> dict[str, object]:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
+
+    entry = run_guarded("model", oom, Guard("cpu"))
+    assert entry["reason"].startswith("out of memory")
+
+
+def test_a_probe_may_skip_itself() -> None:
+    def too_big() -> dict[str, object]:
+        raise SkipProbe("skipped_memory", "would need 9 GB")
+
+    entry = run_guarded("model", too_big, Guard("cpu"))
+    assert entry == {
+        "outcome": "skipped_memory",
+        "reason": "would need 9 GB",
+        "duration_seconds": entry["duration_seconds"],
+    }
+
+
+def test_a_busy_device_never_runs_the_probe() -> None:
+    ran: list[bool] = []
+    guard = cuda_guard(FakeNVML(gpus=[FakeGPU(utilization_percent=100)]))
+    entry = run_guarded("compute", lambda: ran.append(True) or {}, guard)
+    assert entry["outcome"] == "skipped_busy" and not ran

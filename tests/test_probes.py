@@ -1,0 +1,236 @@
+"""The calibration and model probes: real torch on the CPU, the CUDA paths through FakeCuda.
+
+Budgets are kept small so the file runs in seconds; figures are checked against the samples they
+came from, not against expected speeds (the machine is shared and noisy).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from scaleprobe.probes import compute, dispatch, memory
+from scaleprobe.probes import model as model_probe
+from scaleprobe.probes.device import cpu_llc_bytes, dtype_bytes
+from scaleprobe.probes.guard import SkipProbe
+from scaleprobe.probes.registry import BUDGET_SECONDS, CALIBRATION_PROBES
+from scaleprobe.probes.request import ProbeRequest
+from scaleprobe.probes.timing import TimingRequest
+
+from tests.fakes import FakeCuda, device_work
+
+QUICK = TimingRequest(warmup=1, min_repeats=3, max_repeats=10, budget_seconds=0.05)
+TINY_BERT = {
+    "model_type": "bert",
+    "num_hidden_layers": 2,
+    "hidden_size": 64,
+    "num_attention_heads": 2,
+    "intermediate_size": 128,
+    "vocab_size": 1000,
+}
+
+
+def test_registry_holds_the_three_calibration_probes() -> None:
+    assert set(CALIBRATION_PROBES) == {"compute", "memory", "dispatch"}
+    # The budgets keep the calibration under 5 s on a CPU and 1 s on a GPU, warm-up aside.
+    assert sum(BUDGET_SECONDS["cpu"].values()) <= 3.5
+    assert sum(BUDGET_SECONDS["cuda"].values()) <= 0.8
+
+
+def test_compute_rate_is_flops_over_the_median_sample() -> None:
+    result = compute.run(ProbeRequest(timing=QUICK))
+    n = result.detail["n"]
+    assert n == compute.CPU_SIZE
+    assert result.value == pytest.approx(2 * n**3 / result.measurement.median_seconds)
+    sizes = [row["n"] for row in result.detail["rates_by_size"]]
+    assert sizes == [*compute.CPU_SMALL_SIZES, n]
+    assert all(row["flops_per_second"] > 0 for row in result.detail["rates_by_size"])
+    assert result.measurement.threads == torch.get_num_threads()
+    entry = result.to_dict()
+    assert entry["unit"] == "flops_per_second"
+    assert entry["device_seconds"] > result.measurement.device_seconds  # small sizes counted
+
+
+def test_compute_sizes_itself_under_the_memory_cap() -> None:
+    cap = 3 * 512 * 512 * 4
+    assert compute.size_under_cap(2048, "float32", cap) == 512
+    result = compute.run(ProbeRequest(memory_cap_bytes=cap, timing=QUICK))
+    assert 3 * result.detail["n"] ** 2 * dtype_bytes("float32") <= cap
+    assert all(row["n"] <= 512 for row in result.detail["rates_by_size"])
+
+
+def test_compute_runs_in_bfloat16() -> None:
+    result = compute.run(ProbeRequest(dtype="bfloat16", timing=QUICK))
+    assert result.dtype == "bfloat16" and result.value > 0
+
+
+def test_memory_buffer_is_several_times_the_last_level_cache() -> None:
+    result = memory.run(ProbeRequest(timing=QUICK))
+    llc, _ = cpu_llc_bytes()
+    size = result.detail["buffer_bytes"]
+    assert size >= memory.BUFFER_LLC_MULTIPLE * llc
+    assert not result.detail["cache_resident_risk"]
+    assert result.value == pytest.approx(2 * size / result.measurement.median_seconds)
+
+
+def test_memory_buffers_stay_under_the_cap_and_say_when_cache_may_hold_them() -> None:
+    assert memory.buffer_bytes(32 * 1024**2, 2 * 1024**3) == 128 * 1024**2
+    assert memory.buffer_bytes(1024**2, 2 * 1024**3) == memory.MIN_BUFFER_BYTES
+    assert memory.buffer_bytes(32 * 1024**2, 40 * 1024**2) == 20 * 1024**2
+    result = memory.run(ProbeRequest(memory_cap_bytes=8 * 1024**2, timing=QUICK))
+    assert result.detail["buffer_bytes"] * 2 <= 8 * 1024**2
+    assert result.detail["cache_resident_risk"]
+
+
+def test_llc_size_from_sys_then_lscpu_then_fallback(tmp_path: Path) -> None:
+    for name, level, kind, size in (
+        ("index0", 1, "Data", "48K"),
+        ("index1", 1, "Instruction", "32K"),
+        ("index2", 2, "Unified", "1024K"),
+        ("index3", 3, "Unified", "32768K"),
+    ):
+        folder = tmp_path / "cache" / name
+        folder.mkdir(parents=True)
+        (folder / "level").write_text(f"{level}\n")
+        (folder / "type").write_text(f"{kind}\n")
+        (folder / "size").write_text(f"{size}\n")
+    assert cpu_llc_bytes(tmp_path / "cache")[0] == 32 * 1024**2
+    lscpu = "L1d cache:  96 KiB (2 instances)\nL3 cache:   16 MiB (1 instance)\n"
+    size, source = cpu_llc_bytes(tmp_path / "missing", lscpu=lambda: lscpu)
+    assert (size, source) == (16 * 1024**2, "lscpu L3 cache")
+    size, source = cpu_llc_bytes(tmp_path / "missing", lscpu=lambda: "")
+    assert size == 32 * 1024**2 and source.startswith("fallback")
+
+
+def test_dispatch_on_the_cpu_is_time_per_tiny_op() -> None:
+    result = dispatch.run(ProbeRequest(timing=QUICK))
+    assert result.value == pytest.approx(
+        result.measurement.median_seconds / dispatch.OPS_PER_SAMPLE
+    )
+    assert result.detail["kernel_floor_seconds"] is None
+    assert 0 < result.value < 1e-3
+
+
+def test_dispatch_on_cuda_splits_host_cost_from_the_kernel_floor() -> None:
+    cuda = FakeCuda(replay_seconds=200 * 2e-6)  # the device needs 2 µs per kernel
+    calls: list[bool] = []
+
+    def ops() -> None:  # issuing 200 ops costs the host 1.6 ms, i.e. 8 µs each
+        calls.append(cuda.capturing)
+        cuda.run(200 * 8e-6)
+
+    request = ProbeRequest(device="cuda:0", timing=QUICK)
+    split = dispatch.split_on_cuda(ops, request, cuda, clock=cuda.clock)
+    assert split.host.median_seconds / dispatch.OPS_PER_SAMPLE == pytest.approx(8e-6)
+    assert split.replay.median_seconds / dispatch.OPS_PER_SAMPLE == pytest.approx(2e-6)
+    assert split.host.timer == "host_enqueue" and split.replay.timer == "cuda_events"
+    # Warm-up on a side stream, then exactly one capture.
+    assert cuda.stream_log[:2] == ["enter side", "exit side"]
+    assert cuda.captures == 1 and calls.count(True) == 1
+
+
+def test_dispatch_warmup_before_capture_uses_a_side_stream() -> None:
+    cuda = FakeCuda()
+    from scaleprobe.probes import graphs
+
+    graph = graphs.capture(device_work(cuda, 0.001), cuda)
+    assert graph.captured
+    assert cuda.stream_log == ["enter side", "exit side", "capture begin", "capture end"]
+    assert graphs.overhead_ratio(0.010, 0.004) == pytest.approx(0.6)
+    assert graphs.overhead_ratio(0.004, 0.010) == 0.0
+
+
+# ------------------------------------------------------------------------------ model probe
+
+
+def point(batch: int = 2, seq: int = 16, **kwargs: object) -> model_probe.PointRequest:
+    return model_probe.PointRequest(
+        model="tiny-bert",
+        config=TINY_BERT,
+        batch_size=batch,
+        seq_len=seq,
+        timing=QUICK,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_model_point_measures_latency_overhead_and_memory() -> None:
+    cache = model_probe.ModelCache()
+    result = model_probe.run(point(), cache=cache)
+    entry = result.to_dict()
+    assert entry["latency_seconds"] == result.measurement.median_seconds
+    assert entry["throughput_sequences_per_second"] == pytest.approx(2 / entry["latency_seconds"])
+    assert entry["throughput_tokens_per_second"] == pytest.approx(32 / entry["latency_seconds"])
+    assert 0.0 <= entry["framework_overhead_ratio"] <= 1.0
+    assert entry["peak_memory_bytes"] >= entry["detail"]["parameter_bytes"] > 0
+    assert entry["detail"]["peak_activation_bytes"] > 0
+    assert len(entry["samples_seconds"]) == len(result.measurement.samples_seconds)
+
+
+def test_models_are_built_once_per_cache_in_the_requested_dtype() -> None:
+    cache = model_probe.ModelCache()
+    first = cache.get(TINY_BERT, "bfloat16", "cpu")
+    assert cache.get(dict(TINY_BERT), "bfloat16", "cpu") is first
+    assert cache.get(TINY_BERT, "float32", "cpu") is not first
+    assert next(first.parameters()).dtype == torch.bfloat16
+    assert not first.training
+    assert first.config.num_hidden_layers == 2 and first.config.hidden_size == 64
+
+
+def test_a_point_over_the_memory_cap_is_skipped_before_building() -> None:
+    with pytest.raises(SkipProbe) as caught:
+        model_probe.run(point(batch=64, seq=512, memory_cap_bytes=1024**2))
+    assert caught.value.outcome == "skipped_memory"
+    assert "memory_cap_bytes" in caught.value.reason
+
+
+def test_a_config_without_model_type_is_refused() -> None:
+    with pytest.raises(ValueError, match="model_type"):
+        model_probe.build_model({"hidden_size": 64}, "float32", "cpu")
+
+
+def test_cpu_overhead_counts_host_time_outside_kernels() -> None:
+    """The profiler method sees host-side waiting as overhead and a big product as kernel time."""
+    a = torch.randn(768, 768)
+
+    def host_bound() -> object:
+        time.sleep(0.02)  # Python-side work, no aten op
+        return a.sum()
+
+    def kernel_bound() -> object:
+        return torch.mm(a, a)
+
+    host_share, _, _ = model_probe.profile_forward(host_bound)
+    kernel_share, peak_bytes, _ = model_probe.profile_forward(kernel_bound)
+    assert host_share > 0.9
+    assert kernel_share < 0.5
+    assert peak_bytes >= 768 * 768 * 4  # the product's output
+
+
+def test_cuda_overhead_is_eager_versus_graph_replay() -> None:
+    cuda = FakeCuda(replay_seconds=0.003, peak_allocated_bytes=5 * 1024**3)
+    eager = model_probe.measure(
+        device_work(cuda, 0.010), QUICK, model_probe.default_timer("cuda:0", cuda)
+    )
+    forward = device_work(cuda, 0.010)
+    ratio, peak, detail, replay_seconds = model_probe._cuda_overhead_and_memory(
+        forward, point(device="cuda:0"), eager, cuda
+    )
+    assert ratio == pytest.approx(0.7)
+    assert peak == 5 * 1024**3 and cuda.peak_resets == 1
+    assert detail["replay_latency_seconds"] == pytest.approx(0.003)
+    assert replay_seconds > 0
+
+
+def test_a_model_that_cannot_be_captured_still_reports_memory() -> None:
+    cuda = FakeCuda(capture_error=RuntimeError("operation not permitted when stream is capturing"))
+    eager = model_probe.measure(
+        device_work(cuda, 0.01), QUICK, model_probe.default_timer("cuda:0", cuda)
+    )
+    ratio, peak, detail, _ = model_probe._cuda_overhead_and_memory(
+        device_work(cuda, 0.01), point(device="cuda:0"), eager, cuda
+    )
+    assert ratio is None and peak == cuda.peak_allocated_bytes
+    assert "capture failed" in detail["framework_overhead_method"]
