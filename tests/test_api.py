@@ -84,6 +84,8 @@ def test_curves_document_shape_and_values() -> None:
         "timestamp_seconds": CREATED_AT_SECONDS - 60,
     }
     assert measured["error_ratio"] == -0.2
+    assert measured["baseline_error_ratio"] == -0.1
+    assert bert["drift_ratio"] == -0.1
     assert unmeasured["measured"] is None
     assert unmeasured["error_ratio"] is None
     gpu = document["devices"][1]
