@@ -205,15 +205,16 @@ SPECS: tuple[MetricSpec, ...] = (
         "scaleprobe_prediction_error_ratio",
         "gauge",
         POINT,
-        "(measured - predicted) / predicted at this grid point." + PRIOR_NOTE + SCHEDULE_NOTE,
+        "(measured - predicted) / predicted throughput at this grid point: negative when the "
+        "device is slower than predicted." + PRIOR_NOTE + SCHEDULE_NOTE,
     ),
     MetricSpec(
         "scaleprobe_baseline_error_ratio",
         "gauge",
         POINT,
-        "(measured - predicted) / predicted at this grid point, the prediction made from the "
-        "pinned baseline calibration (the first good one unless an operator reset it): the "
-        "device's slow-down since its baseline." + SCHEDULE_NOTE,
+        "(measured - predicted) / predicted throughput at this grid point, the prediction made "
+        "from the pinned baseline calibration (the first good one unless an operator reset "
+        "it): the device's slow-down since its baseline." + SCHEDULE_NOTE,
     ),
     MetricSpec(
         "scaleprobe_measured_model_flops_utilization_ratio",
@@ -226,15 +227,16 @@ SPECS: tuple[MetricSpec, ...] = (
         "scaleprobe_prediction_mape_ratio",
         "gauge",
         MODEL,
-        "Mean absolute prediction error (0..1) over the points measured in the latest cycle."
-        + PRIOR_NOTE,
+        "Mean absolute prediction error (0..1) of throughput over the model's measured grid "
+        "points (each point's latest measurement)." + PRIOR_NOTE,
     ),
     MetricSpec(
         "scaleprobe_drift_ratio",
         "gauge",
         MODEL,
-        "Median (measured - predicted) / predicted over the model's latest measured points: "
-        "negative means the device delivers less than the model says." + PRIOR_NOTE,
+        "Median (measured - predicted) / predicted throughput over the points measured in the "
+        "model's latest cycle: negative means the device delivers less than the model predicted."
+        + PRIOR_NOTE,
     ),
     MetricSpec(
         "scaleprobe_serving_point_info",
