@@ -12,6 +12,8 @@ LABEL org.opencontainers.image.title="scaleprobe" \
       org.opencontainers.image.description="Probe the accelerator beside an inference server; export measured and predicted capacity to Prometheus." \
       org.opencontainers.image.licenses="Apache-2.0"
 
+# Caches go to /tmp, so the container runs with a read-only root filesystem plus a writable /tmp
+# (the Kubernetes manifests mount an emptyDir there, the compose stack a tmpfs).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

@@ -305,6 +305,32 @@ def test_dockerfile_runs_the_daemon_as_a_non_root_user_with_a_health_check() -> 
     assert "pip install --no-cache-dir ." in values["RUN"]
 
 
+def test_healthcheck_command_passes_against_the_real_server_and_fails_without_it() -> None:
+    """The image's HEALTHCHECK, run as is (its port swapped for a free one) against ``serve``.
+
+    Before the first calibration ``/healthz`` answers 200 and ``/readyz`` 503, which is why the
+    Kubernetes liveness and readiness probes use ``/healthz``: a daemon that is still calibrating
+    must be scraped (and must not be restarted, or hold a sidecar's pod out of service).
+    """
+    from scaleprobe.exporter.http import serve
+
+    values = {word: rest for word, rest in dockerfile_instructions()}
+    command = json.loads(values["HEALTHCHECK"].split(" CMD ", 1)[1])
+    assert command[:2] == ["python", "-c"] and ":9478/healthz" in command[2]
+    server = serve(lambda: None, "127.0.0.1:0")
+    code = command[2].replace(":9478/", f":{server.port}/")
+    try:
+        alive = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False)
+        assert alive.returncode == 0, alive.stderr
+        readyz = command[2].replace(":9478/healthz", f":{server.port}/readyz")
+        not_ready = subprocess.run([sys.executable, "-c", readyz], capture_output=True, check=False)
+        assert not_ready.returncode != 0  # 503 until a calibration exists
+    finally:
+        server.shutdown()
+    dead = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False)
+    assert dead.returncode != 0
+
+
 def test_dockerfile_copies_what_the_package_needs_and_dockerignore_lets_it_through() -> None:
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
