@@ -47,6 +47,7 @@ def save_snapshot(snapshot: Snapshot, path: Path) -> None:
     data = json.dumps(snapshot.to_dict(), separators=(",", ":"), allow_nan=False)
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes it 0600; the state holds nothing secret
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(data)
             handle.flush()

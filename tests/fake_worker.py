@@ -10,6 +10,7 @@ Usage (the supervisor's ``command``)::
 
     python tests/fake_worker.py [--slowdown 2.0] [--mode ok|fail|hang|garbage|wrong-schema|crash]
                                 [--record request.json] [--skip-calibration] [--delay 0.5]
+                                [--pidfile worker.pid]
 
 ``--slowdown F`` divides the compute rate and bandwidth by F and multiplies latencies by F;
 ``--record`` writes the request it received, so a test can check what the exporter sent.
@@ -121,7 +122,11 @@ def main() -> int:
     parser.add_argument("--record")
     parser.add_argument("--skip-calibration", action="store_true")
     parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--pidfile", help="write this process's id here (to check it was ended)")
     args = parser.parse_args()
+    if args.pidfile:
+        with open(args.pidfile, "w", encoding="utf-8") as handle:
+            handle.write(str(os.getpid()))
     request = json.loads(sys.stdin.read())
     if args.record:
         with open(args.record, "w", encoding="utf-8") as handle:
