@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +346,45 @@ def test_dockerfile_copies_what_the_package_needs_and_dockerignore_lets_it_throu
     pyproject = (ROOT / "pyproject.toml").read_text()
     for folder in re.findall(r'"scaleprobe\.\w+" = "(\w+)"', pyproject):
         assert folder in copied, f"the package folder {folder}/ is not copied into the image"
+
+
+def test_the_build_context_docker_sends_builds_the_package(tmp_path: Path) -> None:
+    """``pip install .`` in the image sees only what .dockerignore lets through: build a wheel
+    from exactly that, and check the three packages and the status page's files are in it."""
+    rules = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert rules[0] == "*", "the test reads .dockerignore as an allow-list (first rule '*')"
+    context = tmp_path / "context"
+    context.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for rule in rules[1:]:
+        if not rule.startswith("!"):
+            continue
+        source = ROOT / rule[1:].rstrip("/")
+        if source.is_dir():
+            shutil.copytree(source, context / source.name, ignore=ignore)
+        else:
+            shutil.copy2(source, context / source.name)
+    wheels = tmp_path / "wheels"
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    result = subprocess.run(
+        [*pip_wheel, "--no-index", "--quiet", "--wheel-dir", str(wheels), str(context)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = wheels.glob("scaleprobe-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for module in ("exporter/cli.py", "exporter/http.py", "probes/worker.py", "models/errors.py"):
+        assert f"scaleprobe/{module}" in names, module
+    static = [p.relative_to(ROOT).as_posix() for p in (ROOT / "exporter" / "static").rglob("*")]
+    for path in static:
+        if (ROOT / path).is_file():
+            assert f"scaleprobe/{path}" in names, path
 
 
 # --- Kubernetes manifests --------------------------------------------------------------------
