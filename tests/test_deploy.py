@@ -803,6 +803,14 @@ def test_autoscaling_queries_yield_the_replicas_the_load_needs(tmp_path: Path) -
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_readme_explains_the_queries_that_ship() -> None:
+    """The operations guide walks through the KEDA queries line by line: the very same text."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in ("keda-triton.yaml", "keda-vllm.yaml"):
+        query = autoscaling_queries()[name].strip()
+        assert f"```promql\n{query}\n```" in readme, f"README's copy of {name}'s query differs"
+
+
 def test_autoscalers_target_replicas_at_75_percent_of_capacity() -> None:
     for name in ("keda-triton.yaml", "keda-vllm.yaml"):
         (scaled,) = documents(AUTOSCALING / name)
