@@ -82,6 +82,7 @@ def run_worker(
     env: Mapping[str, str] | None = None,
     cancel: threading.Event | None = None,
     kill_grace_seconds: float = KILL_GRACE_SECONDS,
+    max_stdout_bytes: int = MAX_STDOUT_BYTES,
     clock: Callable[[], float] = time.monotonic,
 ) -> WorkerOutcome:
     """Run the worker on ``request`` and report how it went; never raises for a worker fault."""
@@ -117,7 +118,7 @@ def run_worker(
         threading.Thread(target=_feed, args=(process.stdin, payload), daemon=True),
         threading.Thread(
             target=_read_stdout,
-            args=(process.stdout, stdout_chunks, stdout_overflow),
+            args=(process.stdout, stdout_chunks, stdout_overflow, max_stdout_bytes),
             daemon=True,
         ),
         threading.Thread(
@@ -171,7 +172,7 @@ def run_worker(
     if stop_reason == "cancelled":
         return outcome("failed", "worker cancelled (the daemon is stopping)")
     if stop_reason == "overflow":
-        return outcome("malformed", f"worker wrote more than {MAX_STDOUT_BYTES} bytes to stdout")
+        return outcome("malformed", f"worker wrote more than {max_stdout_bytes} bytes to stdout")
     if returncode != 0:
         return outcome("failed", _describe_exit(returncode, stderr_tail))
     try:
@@ -256,13 +257,15 @@ def _feed(stream: IO[bytes] | None, payload: bytes) -> None:
         pass  # the worker died or closed stdin early: its exit status tells the story
 
 
-def _read_stdout(stream: IO[bytes] | None, chunks: list[bytes], overflow: threading.Event) -> None:
+def _read_stdout(
+    stream: IO[bytes] | None, chunks: list[bytes], overflow: threading.Event, limit: int
+) -> None:
     if stream is None:
         return
     total = 0
     while chunk := stream.read(65536):
         total += len(chunk)
-        if total > MAX_STDOUT_BYTES:
+        if total > limit:
             overflow.set()
             break
         chunks.append(chunk)
