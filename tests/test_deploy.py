@@ -519,9 +519,11 @@ def _scaleprobe_containers() -> list[tuple[dict[str, Any], dict[str, Any]]]:
 
 
 def test_scaleprobe_runs_under_a_restricted_security_context() -> None:
+    image_user = {word: rest for word, rest in dockerfile_instructions()}["USER"]
     for pod, container in _scaleprobe_containers():
         context = container["securityContext"]
         assert context["runAsNonRoot"] is True and context["runAsUser"] != 0
+        assert f"{context['runAsUser']}:{context['runAsGroup']}" == image_user
         assert context["readOnlyRootFilesystem"] is True
         assert context["allowPrivilegeEscalation"] is False
         assert context["capabilities"]["drop"] == ["ALL"]
@@ -563,6 +565,8 @@ def test_services_select_the_pods_and_monitors_select_the_services() -> None:
             monitor["spec"]["selector"]["matchLabels"].items()
             <= service["metadata"]["labels"].items()
         )
+        if "jobLabel" in monitor["spec"]:
+            assert monitor["spec"]["jobLabel"] in service["metadata"]["labels"]
         container_ports = {
             p["name"]: p["containerPort"]
             for c in _pod_spec(workload)["containers"]
