@@ -1,0 +1,602 @@
+"""Prediction accuracy against measured throughput–sequence-length curves on this machine.
+
+Measures the ground truth (the daemon's own model probe, interleaved rounds, median per point; see
+``bench/common.py``) for each model over batch × sequence, and scores four predictions of it,
+per model and batch size (MAPE of throughput and the worst point):
+
+- ``probes``: the calibration probes alone (``scaleprobe.models.fit.calibrate``), no measurement
+  of any model;
+- ``two_point``: the probes plus the published two-point setting, a refit on the model's largest-
+  work point (compute-dominated: largest batch × longest sequence) and its smallest-work point
+  (memory/framework-dominated: batch 1 × shortest sequence). Those two are left out of its score;
+- ``refit_k4``, ``refit_k8``: a refit on k measured points of the model placed off the evaluation
+  grid (a centred Latin design on log batch × log sequence, rounded to integers; see
+  :func:`fit_points`), scored on the whole grid;
+- ``refit_all``: a refit on the whole grid, scored on it (in-sample: the limit of the model form).
+
+It also reports the noise floor (the MAPE of the even rounds' medians against the odd rounds': two
+independent sweeps, interleaved in time), the error on encoders not used to fit (refit on
+bert-base's points, predict the others and a non-preset tiny BERT), and cross-setting checks on a
+subset of bert-base: calibrate with one torch thread count and predict the other, and float32
+versus bfloat16.
+
+    python bench/accuracy.py --out bench/results/accuracy.json        # full run (about 20 min)
+    python bench/accuracy.py --load bench/results/accuracy.json       # re-score saved data
+    python bench/accuracy.py --quick --out /tmp/accuracy-quick.json   # tiny grid (test suite)
+
+Re-scoring with ``--load`` uses the current performance model without measuring anything again,
+which is how a change to ``scaleprobe.models`` is checked against the same ground truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    TINY_CONFIG,
+    TINY_NAME,
+    PointKey,
+    calibration,
+    int_list,
+    machine,
+    mape,
+    read_json,
+    split_halves,
+    stderr_log,
+    sweep,
+    throughput_error,
+    write_json,
+)
+from scaleprobe.models import fit
+from scaleprobe.models.architecture import (
+    PRESETS,
+    Architecture,
+    architecture_from_config,
+)
+from scaleprobe.models.devices import DeviceParams
+from scaleprobe.models.predict import predict
+
+SCHEMA = "scaleprobe.bench.accuracy/1"
+DEFAULT_MODELS = ("distilbert-base", "bert-base", "bigbird-roberta-base")
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16)
+DEFAULT_SEQ_LENS = (16, 32, 64, 128, 256, 512)
+# Latin-design permutations: the i-th batch level is paired with the sigma[i]-th sequence level.
+SIGMA = {4: (1, 3, 0, 2), 8: (2, 6, 0, 4, 7, 1, 5, 3)}
+SETTINGS = ("probes", "two_point", "refit_k4", "refit_k8", "refit_all")
+
+
+# --- the plan -------------------------------------------------------------------------------------
+
+
+def fit_points(
+    batch_sizes: Sequence[int], seq_lens: Sequence[int], k: int
+) -> list[tuple[int, int]]:
+    """k (batch, seq) points spread over the grid's log-range, off the grid where rounding allows.
+
+    Level i of k sits at the centre of the i-th of k equal slices of [log min, log max]; batch
+    level i is paired with sequence level ``SIGMA[k][i]`` (a Latin design: every slice of each axis
+    used once, spread over the plane). A point that rounds onto a grid point stays (unavoidable on
+    a one-value axis) and is then left out of scoring.
+    """
+    sigma = SIGMA.get(k) or tuple(range(k))
+
+    def level(values: Sequence[int], i: int) -> int:
+        low, high = math.log(min(values)), math.log(max(values))
+        return max(1, round(math.exp(low + (i + 0.5) / k * (high - low))))
+
+    points = [(level(batch_sizes, i), level(seq_lens, sigma[i])) for i in range(k)]
+    seen: list[tuple[int, int]] = []
+    for point in points:
+        if point not in seen:
+            seen.append(point)
+    return seen
+
+
+def two_points(batch_sizes: Sequence[int], seq_lens: Sequence[int]) -> list[tuple[int, int]]:
+    """The published setting: the largest-work and the smallest-work point of the grid."""
+    return [(max(batch_sizes), max(seq_lens)), (min(batch_sizes), min(seq_lens))]
+
+
+def cross_subset(batch_sizes: Sequence[int], seq_lens: Sequence[int]) -> list[tuple[int, int]]:
+    """Smallest, middle and largest batch × sequence: 9 points (fewer on a small grid)."""
+
+    def three(values: Sequence[int]) -> list[int]:
+        ordered = sorted(set(values))
+        return sorted({ordered[0], ordered[len(ordered) // 2], ordered[-1]})
+
+    return [(b, s) for b in three(batch_sizes) for s in three(seq_lens)]
+
+
+def plan(args: argparse.Namespace, threads: int) -> tuple[list[PointKey], dict[str, Any]]:
+    """Every point to measure, and the configs (config.json dicts) of the models."""
+    configs: dict[str, Any] = {name: PRESETS[name].to_config() for name in args.models}
+    keys: list[PointKey] = []
+
+    def add(model: str, b: int, s: int, dtype: str = "float32", t: int = threads) -> None:
+        key = PointKey(model, b, s, dtype, t)
+        if key not in keys:
+            keys.append(key)
+
+    fits = sorted(
+        set(fit_points(args.batch_sizes, args.seq_lens, 4))
+        | set(fit_points(args.batch_sizes, args.seq_lens, 8))
+    )
+    for model in args.models:
+        for b in args.batch_sizes:
+            for s in args.seq_lens:
+                add(model, b, s)
+        for b, s in fits:
+            add(model, b, s)
+    if args.tiny:
+        configs[TINY_NAME] = TINY_CONFIG
+        for b, s in cross_subset(args.batch_sizes, args.seq_lens):
+            add(TINY_NAME, b, s)
+    if args.cross:
+        model = cross_model(args.models)
+        other = 1 if threads != 1 else 2
+        for b, s in cross_subset(args.batch_sizes, args.seq_lens):
+            add(model, b, s, "float32", other)
+            add(model, b, s, "bfloat16", threads)
+    return keys, configs
+
+
+def cross_model(models: Sequence[str]) -> str:
+    return "bert-base" if "bert-base" in models else models[0]
+
+
+# --- measuring ----------------------------------------------------------------------------------
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    threads = torch.get_num_threads()
+    keys, configs = plan(args, threads)
+    started = time.time()
+    stderr_log(f"{len(keys)} points, {args.rounds} rounds, torch threads {threads}")
+    settings = [("float32", threads)]
+    if args.cross:
+        settings += [("float32", 1 if threads != 1 else 2), ("bfloat16", threads)]
+    calibrations: list[dict[str, Any]] = []
+    info = machine()
+
+    def calibrate_round(index: int) -> None:
+        # The daemon recalibrates every cycle: one calibration per setting at the start of each
+        # of the first --calibrations rounds; the spread of the probes-only error over them is
+        # part of the result.
+        if index >= args.calibrations:
+            return
+        for dtype, t in settings:
+            torch.set_num_threads(t)
+            record = calibration(dtype)
+            record["round"] = index
+            calibrations.append(record)
+        torch.set_num_threads(threads)
+
+    points = sweep(
+        keys,
+        configs,
+        rounds=args.rounds,
+        seed=args.seed,
+        budget_seconds=args.budget_seconds,
+        log=stderr_log,
+        before_round=calibrate_round,
+    )
+    return {
+        "schema": SCHEMA,
+        "machine": info,
+        "machine_at_end": {"load_average": list(os.getloadavg())},
+        "command": " ".join(["python", "bench/accuracy.py", *sys.argv[1:]]),
+        "settings": {
+            "models": list(args.models),
+            "batch_sizes": list(args.batch_sizes),
+            "seq_lens": list(args.seq_lens),
+            "rounds": args.rounds,
+            "budget_seconds": args.budget_seconds,
+            "threads": threads,
+            "cross": bool(args.cross),
+            "tiny": bool(args.tiny),
+            "seed": args.seed,
+        },
+        "configs": configs,
+        "calibrations": calibrations,
+        "points": points,
+        "duration_seconds": time.time() - started,
+    }
+
+
+# --- scoring --------------------------------------------------------------------------------------
+
+
+def architectures_of(data: Mapping[str, Any]) -> dict[str, Architecture]:
+    out = {}
+    for name, config in data["configs"].items():
+        out[name] = PRESETS[name] if name in PRESETS else architecture_from_config(config, name)
+    return out
+
+
+def median_probe_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per probe, the record whose value is the median of the calibrations' values."""
+    by_probe: dict[str, list[Mapping[str, Any]]] = {}
+    for record in records:
+        if record.get("outcome") == "ok":
+            by_probe.setdefault(str(record["probe"]), []).append(record)
+    chosen = []
+    for entries in by_probe.values():
+        ordered = sorted(entries, key=lambda r: r["value"])
+        chosen.append(dict(ordered[(len(ordered) - 1) // 2]))
+    return chosen
+
+
+def params_from(records: Sequence[Mapping[str, Any]]) -> DeviceParams:
+    return fit.calibrate(fit.ProbeResults.from_records(records), kind="cpu")
+
+
+class Scorer:
+    """Predictions of saved points under one set of device parameters."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.data = data
+        self.architectures = architectures_of(data)
+        self.points = {
+            PointKey(p["model"], p["batch_size"], p["seq_len"], p["dtype"], p["threads"]): p
+            for p in data["points"]
+        }
+
+    def measured(self, key: PointKey) -> float:
+        return float(self.points[key]["latency_seconds"])
+
+    def error(self, params: DeviceParams, key: PointKey) -> float:
+        predicted = predict(
+            self.architectures[key.model], params, key.batch_size, key.seq_len, key.dtype
+        ).latency_seconds
+        return throughput_error(self.measured(key), predicted)
+
+    def refit(self, params: DeviceParams, keys: Sequence[PointKey]) -> fit.FitReport:
+        points = [
+            fit.MeasuredPoint(k.model, k.batch_size, k.seq_len, k.dtype, self.measured(k))
+            for k in keys
+            if k in self.points
+        ]
+        return fit.refit(params, points, self.architectures)
+
+    def table(
+        self, params: DeviceParams, keys: Sequence[PointKey], exclude: Sequence[PointKey] = ()
+    ) -> dict[str, Any]:
+        """Per batch size: MAPE and the worst point; plus the overall MAPE."""
+        rows: dict[str, Any] = {}
+        every = []
+        for key in keys:
+            if key in exclude or key not in self.points:
+                continue
+            error = self.error(params, key)
+            every.append(error)
+            row = rows.setdefault(str(key.batch_size), {"errors": []})
+            row["errors"].append((key.seq_len, error))
+        for row in rows.values():
+            errors = row.pop("errors")
+            worst = max(errors, key=lambda e: abs(e[1]))
+            row.update(
+                mape=mape(e for _, e in errors),
+                worst_seq_len=worst[0],
+                worst_error=worst[1],
+                points=len(errors),
+            )
+        return {"by_batch": rows, "mape": mape(every), "points": len(every)}
+
+
+def multipliers_theta(report: fit.FitReport) -> list[float]:
+    return [math.log(report.multipliers.get(name, 1.0)) for name in fit.FREE_PARAMETERS]
+
+
+def score(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Every table of the report, from saved measurements and the current performance model."""
+    s = data["settings"]
+    threads, models = s["threads"], s["models"]
+    batches, seqs = s["batch_sizes"], s["seq_lens"]
+    scorer = Scorer(data)
+    calibrations = data["calibrations"]
+
+    def calibs(dtype: str, t: int) -> list[Mapping[str, Any]]:
+        return [c for c in calibrations if c["dtype"] == dtype and c["threads"] == t]
+
+    def base(dtype: str, t: int) -> DeviceParams:
+        records = [r for c in calibs(dtype, t) for r in c["probes"]]
+        return params_from(median_probe_records(records))
+
+    main = base("float32", threads)
+    grid = {
+        m: [PointKey(m, b, q, "float32", threads) for b in batches for q in seqs] for m in models
+    }
+    k_points = {k: fit_points(batches, seqs, k) for k in (4, 8)}
+    two = two_points(batches, seqs)
+    result: dict[str, Any] = {"calibration": main.to_dict(), "accuracy": {}, "fit_points": {}}
+    result["fit_points"] = {
+        "two_point": two,
+        "refit_k4": k_points[4],
+        "refit_k8": k_points[8],
+        "k_points_on_grid": sorted(
+            {p for k in (4, 8) for p in k_points[k] if p[0] in batches and p[1] in seqs}
+        ),
+    }
+
+    fitted: dict[str, dict[str, DeviceParams]] = {}
+    for model in models:
+        keys = grid[model]
+        two_keys = [PointKey(model, b, q, "float32", threads) for b, q in two]
+        per: dict[str, Any] = {}
+        fitted[model] = {"probes": main}
+        per["probes"] = scorer.table(main, keys)
+        report = scorer.refit(main, two_keys)
+        fitted[model]["two_point"] = report.params
+        per["two_point"] = scorer.table(report.params, keys, exclude=two_keys)
+        per["two_point"]["multipliers"] = report.multipliers
+        for k in (4, 8):
+            k_keys = [PointKey(model, b, q, "float32", threads) for b, q in k_points[k]]
+            report = scorer.refit(main, k_keys)
+            fitted[model][f"refit_k{k}"] = report.params
+            per[f"refit_k{k}"] = scorer.table(report.params, keys, exclude=k_keys)
+            per[f"refit_k{k}"]["multipliers"] = report.multipliers
+        report = scorer.refit(main, keys)
+        fitted[model]["refit_all"] = report.params
+        per["refit_all"] = scorer.table(report.params, keys)
+        per["refit_all"]["multipliers"] = report.multipliers
+        result["accuracy"][model] = per
+
+    # noise floor: the even rounds' medians against the odd rounds' (two independent sweeps)
+    noise: dict[str, Any] = {}
+    for model in models:
+        rows: dict[str, list[float]] = {}
+        for key in grid[model]:
+            halves = split_halves(scorer.points[key]) if key in scorer.points else None
+            if halves:
+                rows.setdefault(str(key.batch_size), []).append(throughput_error(*halves))
+        if rows:
+            noise[model] = {
+                "by_batch": {b: mape(v) for b, v in rows.items()},
+                "mape": mape(e for v in rows.values() for e in v),
+            }
+    result["noise_floor"] = noise
+
+    # the probes-only error under each calibration on its own (how much one calibration varies)
+    spread = []
+    for c in calibs("float32", threads):
+        try:
+            params = params_from(c["probes"])
+        except Exception as error:  # a failed probe in one calibration
+            spread.append({"round": c.get("round"), "error": str(error)})
+            continue
+        spread.append(
+            {
+                "round": c.get("round"),
+                "mape": mape(
+                    scorer.error(params, k) for m in models for k in grid[m] if k in scorer.points
+                ),
+                "compute_flops_per_second": params.compute_flops_per_second.get("float32"),
+                "memory_bandwidth_bytes_per_second": params.memory_bandwidth_bytes_per_second,
+                "dispatch_seconds": params.dispatch_seconds,
+            }
+        )
+    result["probes_per_calibration"] = spread
+
+    # encoders not used to fit: refit on one model's points, predict the others
+    source = cross_model(models)
+    transfer: dict[str, Any] = {}
+    targets = [m for m in models if m != source]
+    if s.get("tiny"):
+        targets.append(TINY_NAME)
+    for target in targets:
+        if target == TINY_NAME:
+            keys = [
+                PointKey(TINY_NAME, b, q, "float32", threads)
+                for b, q in cross_subset(batches, seqs)
+            ]
+        else:
+            keys = grid[target]
+        transfer[target] = {
+            name: scorer.table(fitted[source][name], keys)
+            for name in ("probes", "two_point", "refit_k8", "refit_all")
+        }
+    result["other_encoders"] = {"fitted_on": source, "targets": transfer}
+
+    if s.get("cross"):
+        result["cross_settings"] = cross_settings(scorer, s, base)
+    return result
+
+
+def cross_settings(scorer: Scorer, s: Mapping[str, Any], base: Any) -> list[dict[str, Any]]:
+    """Calibrate in one setting, predict another, on the cross subset of one model.
+
+    For a target setting Y and a source setting X, three predictions of Y's points:
+    ``y_probes`` (Y's own probes, nothing measured), ``x_refit_as_is`` (X's probes refitted on
+    X's points, used unchanged in Y: shows the settings really differ) and
+    ``y_probes_x_multipliers`` (Y's probes with the efficiency multipliers X's refit learned:
+    whether what a refit learns carries over).
+    """
+    threads = s["threads"]
+    other = 1 if threads != 1 else 2
+    model = cross_model(s["models"])
+    subset = cross_subset(s["batch_sizes"], s["seq_lens"])
+    settings = {
+        f"float32/{threads}t": ("float32", threads),
+        f"float32/{other}t": ("float32", other),
+        f"bfloat16/{threads}t": ("bfloat16", threads),
+    }
+    pairs = [
+        (f"float32/{other}t", f"float32/{threads}t"),
+        (f"float32/{threads}t", f"float32/{other}t"),
+        (f"float32/{threads}t", f"bfloat16/{threads}t"),
+        (f"bfloat16/{threads}t", f"float32/{threads}t"),
+    ]
+    out = []
+    for x_name, y_name in pairs:
+        x_dtype, x_threads = settings[x_name]
+        y_dtype, y_threads = settings[y_name]
+        x_keys = [PointKey(model, b, q, x_dtype, x_threads) for b, q in subset]
+        y_keys = [PointKey(model, b, q, y_dtype, y_threads) for b, q in subset]
+        x_params = base(x_dtype, x_threads)
+        y_params = base(y_dtype, y_threads)
+        x_report = scorer.refit(x_params, x_keys)
+        carried = fit.apply_multipliers(y_params, multipliers_theta(x_report))
+        row: dict[str, Any] = {"from": x_name, "to": y_name, "model": model, "points": len(y_keys)}
+        row["y_probes"] = scorer.table(y_params, y_keys)["mape"]
+        if y_dtype in x_report.params.compute_flops_per_second:
+            row["x_refit_as_is"] = scorer.table(x_report.params, y_keys)["mape"]
+        else:
+            row["x_refit_as_is"] = None  # X never measured Y's dtype: nothing to use as is
+        row["y_probes_x_multipliers"] = scorer.table(carried, y_keys)["mape"]
+        row["y_refit_in_sample"] = scorer.table(scorer.refit(y_params, y_keys).params, y_keys)[
+            "mape"
+        ]
+        row["x_multipliers"] = x_report.multipliers
+        out.append(row)
+    return out
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+
+def pct(value: float | None) -> str:
+    return (
+        "–"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else (f"{100 * value:.1f}%")
+    )
+
+
+def render(data: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
+    """The tables as Markdown (pasted into BENCHMARKS.md)."""
+    s = data["settings"]
+    m = data["machine"]
+    lines = [
+        f"accuracy: {m.get('cpu_model')}, torch {m.get('torch_version')}, "
+        f"{s['threads']} threads, float32, {s['rounds']} rounds, measured {m.get('date')}, "
+        f"load average at start {m.get('load_average', ['?'])[0]:.2f}, "
+        f"sweep {data.get('duration_seconds', 0) / 60:.1f} min",
+        "",
+    ]
+    batches = [str(b) for b in s["batch_sizes"]]
+    for model, per in scores["accuracy"].items():
+        noise = scores["noise_floor"].get(model, {})
+        lines.append(f"**{model}**: MAPE of throughput per batch size (worst point: seq, error)")
+        lines.append("")
+        lines.append("| setting | " + " | ".join(f"b={b}" for b in batches) + " | all |")
+        lines.append("|---|" + "---|" * (len(batches) + 1))
+        for name in SETTINGS:
+            table = per[name]["by_batch"]
+            cells = []
+            for b in batches:
+                row = table.get(b)
+                cells.append(
+                    "–"
+                    if row is None
+                    else f"{pct(row['mape'])} ({row['worst_seq_len']}: "
+                    f"{100 * row['worst_error']:+.0f}%)"
+                )
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {pct(per[name]['mape'])} |")
+        if noise:
+            cells = [pct(noise["by_batch"].get(b)) for b in batches]
+            lines.append("| noise floor | " + " | ".join(cells) + f" | {pct(noise['mape'])} |")
+        lines.append("")
+    spread = scores.get("probes_per_calibration") or []
+    if spread:
+        lines.append(
+            "probes-only MAPE under each calibration on its own: "
+            + ", ".join(pct(c.get("mape")) for c in spread if "mape" in c)
+        )
+        lines.append("")
+    other = scores.get("other_encoders") or {}
+    if other.get("targets"):
+        lines.append(f"**encoders not used to fit** (refit on {other['fitted_on']}'s points)")
+        lines.append("")
+        lines.append("| target | probes | two_point | refit_k8 | refit_all |")
+        lines.append("|---|---|---|---|---|")
+        for target, tables in other["targets"].items():
+            lines.append(
+                f"| {target} | "
+                + " | ".join(
+                    pct(tables[n]["mape"]) for n in ("probes", "two_point", "refit_k8", "refit_all")
+                )
+                + " |"
+            )
+        lines.append("")
+    cross = scores.get("cross_settings")
+    if cross:
+        lines.append(f"**cross-setting** ({cross[0]['model']}, {cross[0]['points']} points)")
+        lines.append("")
+        lines.append(
+            "| from → to | target's probes alone | source refit as is | "
+            "target's probes + source multipliers | target refit in-sample |"
+        )
+        lines.append("|---|---|---|---|---|")
+        for row in cross:
+            lines.append(
+                f"| {row['from']} → {row['to']} | {pct(row['y_probes'])} | "
+                f"{pct(row['x_refit_as_is'])} | {pct(row['y_probes_x_multipliers'])} | "
+                f"{pct(row['y_refit_in_sample'])} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny grid, one round (test suite)")
+    parser.add_argument("--out", metavar="FILE.json", help="write measurements and scores here")
+    parser.add_argument("--load", metavar="FILE.json", help="re-score saved measurements")
+    parser.add_argument("--models", type=lambda t: [m for m in t.split(",") if m])
+    parser.add_argument("--batch-sizes", type=int_list)
+    parser.add_argument("--seq-lens", type=int_list)
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per point (default 4)")
+    parser.add_argument("--calibrations", type=int, help="calibrations per setting (default 3)")
+    parser.add_argument("--budget-seconds", type=float, help="timing budget per probe call")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-cross", dest="cross", action="store_false", default=None)
+    parser.add_argument("--no-tiny", dest="tiny", action="store_false", default=None)
+    args = parser.parse_args(argv)
+    quick = args.quick
+    defaults = {
+        "models": ["distilbert-base"] if quick else list(DEFAULT_MODELS),
+        "batch_sizes": [1, 2] if quick else list(DEFAULT_BATCH_SIZES),
+        "seq_lens": [16] if quick else list(DEFAULT_SEQ_LENS),
+        "rounds": 2 if quick else 4,
+        "budget_seconds": 0.05 if quick else 0.3,
+        "calibrations": 1 if quick else 3,
+        "cross": not quick,
+        "tiny": not quick,
+    }
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    unknown = [m for m in args.models if m not in PRESETS]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; presets: {', '.join(PRESETS)}")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    data = read_json(args.load) if args.load else measure(args)
+    scores = score(data)
+    data = {**data, "scores": scores}
+    if args.out:
+        write_json(args.out, data)
+    print(render(data, scores))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""Shared pieces of the benchmarks: the machine, the daemon's probes, interleaved sweeps, errors.
+
+Why these exist: a benchmark of scaleprobe must measure with what the daemon measures, or its
+figures say nothing about the daemon. So the calibration is the worker's own
+(``scaleprobe.probes.worker.run_request`` with ``calibrate`` and no points: the same probes, the
+same timing budgets) and every point is ``scaleprobe.probes.model.run``, the function the worker
+calls per point (same model build, same random input ids, median of the timed forwards).
+
+What differs from a daemon cycle is only how often a point is timed: the worker times a point
+with one warm-up and at least three repeats within 2 s; a sweep warms every point up once, then
+calls the probe once per round (no warm-up, at least one repeat within ``budget_seconds``) in a
+random order that changes every round, and takes the median over rounds. Interleaving spreads the
+slow drift of a shared machine over the whole grid instead of biasing the region measured last.
+
+torch is imported inside the functions that measure, so ``--load`` re-analysis of saved results
+runs without it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# A non-preset encoder (BERT family, 4 layers of hidden 256): never used to fit in the accuracy
+# benchmark, and small enough for the quick runs of the test suite.
+TINY_NAME = "tiny-bert-4x256"
+TINY_CONFIG: dict[str, Any] = {
+    "model_type": "bert",
+    "vocab_size": 8000,
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 1024,
+    "hidden_act": "gelu",
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+}
+
+
+# --- the machine --------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """``lscpu``'s model name (falls back to /proc/cpuinfo, then platform)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    """What a reader needs to compare figures: CPU, cores, versions, threads, load, date."""
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "python_version": platform.python_version(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average": list(os.getloadavg()),
+    }
+    try:
+        import torch
+        import transformers
+
+        info.update(
+            torch_version=torch.__version__,
+            transformers_version=transformers.__version__,
+            torch_threads=torch.get_num_threads(),
+        )
+    except ImportError:
+        pass
+    return info
+
+
+# --- measuring ----------------------------------------------------------------------------------
+
+
+def calibration(dtype: str = "float32", device: str = "cpu") -> dict[str, Any]:
+    """Run the worker's calibration probes in this process: its ``probes`` records and costs.
+
+    Returns ``{"probes": [...], "device_seconds": s, "duration_seconds": s, "threads": n}``.
+    """
+    import torch
+    from scaleprobe.probes import worker
+
+    request = worker.WorkerRequest(device=device, dtype=dtype, calibrate=True, points=())
+    document = worker.run_request(request, progress_stream=io.StringIO())
+    return {
+        "dtype": dtype,
+        "threads": torch.get_num_threads(),
+        "probes": document["probes"],
+        "device_seconds": document["device_seconds"],
+        "duration_seconds": document["duration_seconds"],
+    }
+
+
+@dataclass(frozen=True)
+class PointKey:
+    """One operating point of one setting (model, batch, sequence, dtype, torch threads)."""
+
+    model: str
+    batch_size: int
+    seq_len: int
+    dtype: str = "float32"
+    threads: int = 2
+
+    def label(self) -> str:
+        return f"{self.model} b={self.batch_size} s={self.seq_len} {self.dtype} t={self.threads}"
+
+
+def sweep(
+    keys: Sequence[PointKey],
+    configs: Mapping[str, Mapping[str, Any]],
+    *,
+    rounds: int,
+    seed: int = 0,
+    budget_seconds: float = 0.3,
+    log: Callable[[str], None] | None = None,
+    before_round: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Measure every point ``rounds`` times, interleaved, with the daemon's model probe.
+
+    ``configs`` maps a model name to its config.json dict (what the exporter sends the worker).
+    Each point is first run once untimed (first-call allocations and kernel selection), then each
+    round visits all points in a new random order. Returns one record per point with the per-round
+    latencies and the median over rounds.
+    """
+    import torch
+    from scaleprobe.probes import model as model_probe
+    from scaleprobe.probes.timing import TimingRequest
+
+    log = log or (lambda message: None)
+    cache = model_probe.ModelCache()
+    timing = TimingRequest(warmup=0, min_repeats=1, max_repeats=30, budget_seconds=budget_seconds)
+    default_threads = torch.get_num_threads()
+
+    def request(key: PointKey) -> Any:
+        return model_probe.PointRequest(
+            model=key.model,
+            config=configs[key.model],
+            batch_size=key.batch_size,
+            seq_len=key.seq_len,
+            dtype=key.dtype,
+            device="cpu",
+            memory_cap_bytes=8 * 1024**3,
+            timing=timing,
+        )
+
+    rounds_seen: dict[PointKey, list[dict[str, Any]]] = {key: [] for key in keys}
+    started = time.perf_counter()
+    try:
+        for key in keys:  # warm-up pass, in order (not timed)
+            torch.set_num_threads(key.threads)
+            point = request(key)
+            model = cache.get(point.config, key.dtype, "cpu")
+            inputs = model_probe.random_inputs(point.config, point)
+            with torch.inference_mode():
+                model(**inputs)
+        log(f"warm-up done in {time.perf_counter() - started:.0f} s")
+        rng = random.Random(seed)
+        for index in range(rounds):
+            if before_round is not None:
+                before_round(index)
+                torch.set_num_threads(default_threads)
+            order = list(keys)
+            rng.shuffle(order)
+            round_started = time.perf_counter()
+            for key in order:
+                torch.set_num_threads(key.threads)
+                result = model_probe.run(request(key), cache=cache)
+                record = result.to_dict()
+                rounds_seen[key].append(
+                    {
+                        "round": index,
+                        "latency_seconds": record["latency_seconds"],
+                        "repeats": len(record["samples_seconds"]),
+                        "framework_overhead_ratio": record["framework_overhead_ratio"],
+                        "peak_memory_bytes": record["peak_memory_bytes"],
+                        "device_seconds": record["device_seconds"],
+                        "timestamp_seconds": time.time(),
+                    }
+                )
+            log(
+                f"round {index + 1}/{rounds} done in {time.perf_counter() - round_started:.0f} s "
+                f"(load {os.getloadavg()[0]:.2f})"
+            )
+    finally:
+        torch.set_num_threads(default_threads)
+    records = []
+    for key in keys:
+        seen = rounds_seen[key]
+        latencies = [r["latency_seconds"] for r in seen]
+        overheads = [r["framework_overhead_ratio"] for r in seen if r["framework_overhead_ratio"]]
+        records.append(
+            {
+                "model": key.model,
+                "batch_size": key.batch_size,
+                "seq_len": key.seq_len,
+                "dtype": key.dtype,
+                "threads": key.threads,
+                "latency_seconds": statistics.median(latencies),
+                "framework_overhead_ratio": statistics.median(overheads) if overheads else None,
+                "peak_memory_bytes": max((r["peak_memory_bytes"] or 0) for r in seen) or None,
+                "device_seconds": sum(r["device_seconds"] for r in seen),
+                "rounds": seen,
+            }
+        )
+    return records
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def throughput_error(measured_latency_seconds: float, predicted_latency_seconds: float) -> float:
+    """(measured − predicted) / predicted throughput, the daemon's ``prediction_error_ratio``."""
+    return predicted_latency_seconds / measured_latency_seconds - 1.0
+
+
+def mape(errors: Iterable[float]) -> float:
+    values = [abs(e) for e in errors]
+    return sum(values) / len(values) if values else math.nan
+
+
+def split_halves(record: Mapping[str, Any]) -> tuple[float, float] | None:
+    """Medians of the even and of the odd rounds of one point: two independent sweeps."""
+    rounds = sorted(record.get("rounds") or [], key=lambda r: r["round"])
+    even = [r["latency_seconds"] for r in rounds if r["round"] % 2 == 0]
+    odd = [r["latency_seconds"] for r in rounds if r["round"] % 2 == 1]
+    if not even or not odd:
+        return None
+    return statistics.median(even), statistics.median(odd)
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+def write_json(path: str | Path, document: Mapping[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(document, indent=1, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    with open(path) as file:
+        document = json.load(file)
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return document
+
+
+def int_list(text: str) -> list[int]:
+    """``"1,2,4"`` -> [1, 2, 4] (for argparse ``type=``)."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def stderr_log(message: str) -> None:
+    print(time.strftime("%H:%M:%S ") + message, file=sys.stderr, flush=True)

@@ -1,0 +1,132 @@
+"""The benchmark scripts run end to end on a tiny grid and write well-formed results.
+
+They measure for real (the daemon's probes, a real worker subprocess); the figures themselves are
+not asserted (timings on a shared machine are not a test), only that the documents hold what
+BENCHMARKS.md is built from, consistently: every point measured in every round, scores that
+follow from the saved measurements (re-scoring the saved file gives the same tables), ratios that
+are the quotients of the figures they come from.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def accuracy_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("bench") / "accuracy.json"
+    done = run("accuracy.py", "--quick", "--out", str(out))
+    return json.loads(out.read_text()), done.stdout
+
+
+def test_fit_points_lie_off_the_grid_in_a_latin_design() -> None:
+    accuracy = load("accuracy")
+    batches, seqs = [1, 2, 4, 8, 16], [16, 32, 64, 128, 256, 512]
+    for k in (4, 8):
+        points = accuracy.fit_points(batches, seqs, k)
+        assert len(points) == k
+        assert not [p for p in points if p[0] in batches and p[1] in seqs]
+        assert all(1 <= b <= 16 and 16 <= s <= 512 for b, s in points)
+        # one sequence level per point: each slice of the sequence axis used once
+        assert len({s for _, s in points}) == k
+    assert accuracy.two_points(batches, seqs) == [(16, 512), (1, 16)]
+    # a one-value axis cannot be avoided: the points collapse onto the grid and are deduplicated
+    assert accuracy.fit_points([1], [16], 4) == [(1, 16)]
+
+
+def test_accuracy_quick_run_is_well_formed(accuracy_run: tuple[dict, str]) -> None:
+    data, stdout = accuracy_run
+    settings = data["settings"]
+    assert data["schema"] == "scaleprobe.bench.accuracy/1"
+    assert data["machine"]["torch_threads"] == settings["threads"] >= 1
+    grid = {
+        (m, b, s)
+        for m in settings["models"]
+        for b in settings["batch_sizes"]
+        for s in settings["seq_lens"]
+    }
+    measured = {(p["model"], p["batch_size"], p["seq_len"]) for p in data["points"]}
+    assert grid <= measured
+    for point in data["points"]:
+        assert len(point["rounds"]) == settings["rounds"]
+        latencies = [r["latency_seconds"] for r in point["rounds"]]
+        assert all(latency > 0 for latency in latencies)
+        assert min(latencies) <= point["latency_seconds"] <= max(latencies)
+    calibration = data["calibrations"][0]
+    assert {p["probe"] for p in calibration["probes"]} == {"compute", "memory", "dispatch"}
+    assert all(p["outcome"] == "ok" and p["value"] > 0 for p in calibration["probes"])
+
+    scores = data["scores"]
+    for model in settings["models"]:
+        per = scores["accuracy"][model]
+        probes = per["probes"]
+        assert probes["points"] == len(settings["batch_sizes"]) * len(settings["seq_lens"])
+        assert math.isfinite(probes["mape"]) and probes["mape"] >= 0
+        for row in probes["by_batch"].values():
+            assert abs(row["worst_error"]) >= row["mape"] - 1e-12
+        # the in-sample refit cannot do worse than the prior it starts from, by construction
+        assert per["refit_all"]["mape"] <= probes["mape"] + 1e-9
+        assert 0 <= scores["noise_floor"][model]["mape"] < math.inf
+    assert "| probes |" in stdout and "| noise floor |" in stdout
+
+
+def test_rescoring_the_saved_measurements_gives_the_same_tables(
+    accuracy_run: tuple[dict, str], tmp_path: Path
+) -> None:
+    data, _ = accuracy_run
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps(data))
+    again = tmp_path / "again.json"
+    run("accuracy.py", "--load", str(saved), "--out", str(again))
+    assert json.loads(again.read_text())["scores"] == data["scores"]
+
+
+def test_probe_cost_quick_run_is_well_formed(tmp_path: Path) -> None:
+    out = tmp_path / "probe_cost.json"
+    done = run("probe_cost.py", "--quick", "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["schema"] == "scaleprobe.bench.probe_cost/1"
+    cycle = data["cycles"][0]
+    assert cycle["outcome"] == "ok", cycle["reason"]
+    assert set(cycle["probes"]) == {"compute", "memory", "dispatch"}
+    assert [p["outcome"] for p in cycle["points"]] == ["ok"]
+    sweep = data["full_sweep"]
+    assert sweep["points"] == sweep["points_ok"] == 1
+    s = data["summary"]
+    assert 0 < s["calibration_device_seconds"] < s["cycle_device_seconds"]
+    assert s["calibration_share_of_sweep_ratio"] == pytest.approx(
+        s["calibration_device_seconds"] / sweep["device_seconds"]
+    )
+    assert s["duty_cycle_ratio"] == pytest.approx(
+        s["cycle_device_seconds"] / data["config"]["interval_seconds"]
+    )
+    assert "calibration / full sweep" in done.stdout
