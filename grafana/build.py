@@ -169,7 +169,7 @@ def query_variable(name: str, label: str, query: str, *, multi: bool = True) -> 
         "name": name,
         "label": label,
         "datasource": DATASOURCE,
-        "query": {"query": query, "refId": f"{name}-variable"},
+        "query": query,  # a plain string: every Grafana version reads it
         "definition": query,
         "refresh": 2,  # on time range change: new nodes and devices appear without a reload
         "sort": 1,
@@ -459,24 +459,28 @@ def device_detail() -> dict:
     panels = [
         row("Measured points over the predicted curve"),
         matrix(
-            "Predicted throughput against sequence length",
-            "The refitted model's predicted sequences per second over the grid: sequence length "
-            "on the x axis, one bar per batch size. Compare with the measured panel beside it.",
+            "Measured and predicted throughput against sequence length",
+            "Sequence length on the x axis; per batch size, a pale bar for the throughput the "
+            "refitted model predicts and a solid bar for what the model probe measured (where "
+            "that grid point has been measured: points rotate, a few per cycle).",
             SEQ_PER_S,
-            f"max by (seq_len, batch_size) (scaleprobe_predicted_throughput_sequences_per_second"
-            f"{{{model}}})",
+            " or ".join(
+                f"label_replace(max by (seq_len, batch_size) (scaleprobe_{kind}_throughput_"
+                f'sequences_per_second{{{model}}}), "series", "{kind}, batch $1", "batch_size", '
+                '"(.*)")'
+                for kind in ("predicted", "measured")
+            ),
             "seq_len",
-            "batch_size",
-        ),
-        matrix(
-            "Measured throughput against sequence length",
-            "Sequences per second the model probe measured at the grid points measured so far "
-            "(points rotate, a few per cycle), laid out like the predicted panel.",
-            SEQ_PER_S,
-            f"max by (seq_len, batch_size) (scaleprobe_measured_throughput_sequences_per_second"
-            f"{{{model}}})",
-            "seq_len",
-            "batch_size",
+            "series",
+            width=24,
+            height=9,
+            overrides=[
+                {
+                    "matcher": {"id": "byRegexp", "options": f"^{kind}.*"},
+                    "properties": [{"id": "custom.fillOpacity", "value": opacity}],
+                }
+                for kind, opacity in (("predicted", 35), ("measured", 100))
+            ],
         ),
         timeseries(
             "Measured and predicted throughput over time",
