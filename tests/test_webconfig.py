@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import bcrypt
@@ -12,6 +14,7 @@ from certs import make_certificates
 from scaleprobe.exporter.webconfig import BasicAuth, load_web_config
 from scaleprobe.models.errors import InputError
 
+ROOT = Path(__file__).resolve().parent.parent
 # cost 4 keeps the tests fast; production hashes use 10 or more
 ALICE_HASH = bcrypt.hashpw(b"wonderland", bcrypt.gensalt(4)).decode()
 
@@ -150,3 +153,43 @@ def test_a_cached_success_does_not_survive_a_changed_hash() -> None:
     rotated = BasicAuth({"alice": bcrypt.hashpw(b"new", bcrypt.gensalt(4))})
     assert rotated.check(basic("alice", "wonderland")) is None
     assert rotated.check(basic("alice", "new")) == "alice"
+
+
+def run_cli(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """``scaleprobe run`` with a small config (fake worker, state in tmp_path) and ``flags``."""
+    if not (ROOT / "exporter" / "daemon.py").exists():
+        pytest.skip("exporter/daemon.py (scaleprobe run) has not landed yet")
+    config = tmp_path / "scaleprobe.yml"
+    config.write_text(
+        "devices: [cpu]\n"
+        "models:\n  - model: distilbert-base\n    serving: {batch_size: 1, seq_len: 32}\n"
+        "grid: {batch_sizes: [1], seq_lens: [32]}\n"
+        f"worker: {{command: [{sys.executable}, {ROOT / 'tests' / 'fake_worker.py'}]}}\n"
+        f"state: {{file: {tmp_path / 'state.json'}}}\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "scaleprobe.exporter.cli", "run", f"--config.file={config}", *flags],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_scaleprobe_run_refuses_a_bad_web_config_with_exit_2(tmp_path: Path) -> None:
+    web = write(tmp_path / "web.yml", "basic_auth_users:\n  bob: hunter2\ntls_server_config: 3\n")
+    result = run_cli(tmp_path, f"--web.config.file={web}", "--web.listen-address=127.0.0.1:0")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1
+    assert "basic_auth_users.bob: not a bcrypt hash" in errors[0]
+    assert "tls_server_config: expected a mapping" in errors[0]
+    assert "hunter2" not in result.stderr
+
+
+def test_scaleprobe_run_refuses_a_bad_listen_address_with_exit_2(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "--web.listen-address=localhost")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "--web.listen-address 'localhost': expected HOST:PORT" in result.stderr
