@@ -289,3 +289,15 @@ def check_everything(
             if not returns_data(prom, side, instant=True):
                 problems.append(f"alert {name}: no data for {side}")
     return problems
+
+
+def test_daemon_serves_the_status_page(daemon: str) -> None:
+    """The same daemon serves the status page at / with its assets from /static/."""
+    status, body = get(f"http://{daemon}/")
+    page = body.decode()
+    assert status == 200, page[:500]
+    assert page.count('<svg class="chart"') == 2  # distilbert-base and bert-base on the CPU
+    assert page.count('<circle class="measured"') >= 1
+    for asset in ("status.css", "status.js"):
+        assert f'"static/{asset}"' in page
+        assert get(f"http://{daemon}/static/{asset}")[0] == 200
