@@ -710,11 +710,12 @@ def framework_tax() -> dict:
         table(
             "Share of the grid that is framework-bound",
             "Fraction of each model's grid points on each device whose predicted "
-            "framework-overhead share is at least 50% (the device idles waiting on the host).",
+            "framework-overhead share is over 50%: where the performance model calls a point "
+            "framework-bound.",
             "percentunit",
             [
                 target(
-                    f"avg by (job, instance, device, model, dtype) ({overhead} >= bool 0.5)",
+                    f"avg by (job, instance, device, model, dtype) ({overhead} > bool 0.5)",
                     instant=True,
                 )
             ],
@@ -726,7 +727,7 @@ def framework_tax() -> dict:
         table(
             "Regime per point",
             "Predicted framework-overhead share (left) and measured MFU (right) per point. "
-            "Framework-bound: overhead ≥ 50%. Otherwise compute-bound where MFU is high and "
+            "Framework-bound: overhead over 50%. Otherwise compute-bound where MFU is high and "
             "memory-bound where it is low. Colours: red framework-bound, orange mixed.",
             "percentunit",
             [
