@@ -7,7 +7,8 @@ Usage (the daemon does this)::
     server.shutdown()                    # stops accepting, closes the socket
 
 ``serve(get_snapshot, listen_address, web_config=None, status_page=None, *, registry=None,
-clock=time.time, stale_after_seconds=None, static_dir=STATIC_DIR) -> Server``
+clock=time.time, stale_after_seconds=None, static_dir=STATIC_DIR,
+client_timeout_seconds=CLIENT_TIMEOUT_SECONDS) -> Server``
 
 - ``get_snapshot()`` returns the snapshot to serve (``None`` before the first cycle); it is read
   at every request, never mutated.
@@ -28,11 +29,12 @@ available, 503 with the reason before), ``/``, ``/static/<file>`` (only files un
 ``static_dir``). Only GET and HEAD (405 otherwise).
 
 Robustness: each connection has its own thread (at most ``MAX_CONNECTIONS`` at once, beyond
-that new connections are closed), a socket timeout for slow clients, limits on the request line
-and the header section, and the TLS handshake runs in the connection's thread, so a slow or
-broken client cannot stall the others. An exception in a handler is logged and answered with
-500; it never stops the server. Requests are logged at debug level by method, path and status
-only: never headers, so credentials never reach a log.
+that new connections are closed); a client silent for ``client_timeout_seconds``, mid-request
+or idle on a kept-alive connection, is disconnected; the request line and the header section
+have size limits (414 and 431 past them); the TLS handshake runs in the connection's thread,
+so a slow or broken client cannot stall the others. An exception in a handler is logged and
+answered with 500; it never stops the server. Requests are logged at debug level by method,
+path and status only: never headers, so credentials never reach a log.
 """
 
 from __future__ import annotations
@@ -248,9 +250,10 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "scaleprobe"
     sys_version = ""
     protocol_version = "HTTP/1.1"  # keep-alive: Prometheus reuses its connection every scrape
-    timeout = CLIENT_TIMEOUT_SECONDS
+    timeout = None  # set per server in setup()
 
     def setup(self) -> None:
+        self.request.settimeout(self.server.client_timeout_seconds)
         super().setup()
         self.rfile = _HeaderBudget(self.rfile)  # type: ignore[assignment,arg-type]
 
@@ -328,7 +331,9 @@ class _Server(ThreadingHTTPServer):
         family: socket.AddressFamily,
         app: App,
         web_config: WebConfig,
+        client_timeout_seconds: float = CLIENT_TIMEOUT_SECONDS,
     ) -> None:
+        self.client_timeout_seconds = client_timeout_seconds
         self.address_family = family
         self.app = app
         self.ssl_context = web_config.ssl_context()
@@ -362,7 +367,7 @@ class _Server(ThreadingHTTPServer):
             self._slots.release()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(CLIENT_TIMEOUT_SECONDS)
+        request.settimeout(self.client_timeout_seconds)
         if self.ssl_context is None:
             self.RequestHandlerClass(request, client_address, self)  # type: ignore[arg-type]
             return
@@ -438,6 +443,7 @@ def serve(
     clock: Callable[[], float] = time.time,
     stale_after_seconds: float | None = None,
     static_dir: Path = STATIC_DIR,
+    client_timeout_seconds: float = CLIENT_TIMEOUT_SECONDS,
 ) -> Server:
     """Bind ``listen_address`` and serve from a background thread; see the module docstring."""
     host, port = parse_listen_address(listen_address)
@@ -450,7 +456,7 @@ def serve(
         stale_after_seconds,
         static_dir,
     )
-    httpd = _Server(address, family, app, web_config or WebConfig())
+    httpd = _Server(address, family, app, web_config or WebConfig(), client_timeout_seconds)
     try:
         httpd.server_bind()
         httpd.server_activate()

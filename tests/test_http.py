@@ -229,6 +229,17 @@ def test_an_idle_connection_does_not_block_others(server: Server) -> None:
         assert get(server, "/healthz")[0] == 200
 
 
+def test_a_silent_client_is_disconnected(holder: Holder) -> None:
+    running = serve(holder, "127.0.0.1:0", client_timeout_seconds=0.3)
+    try:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=30) as slow:
+            slow.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and then nothing
+            assert slow.recv(1024) == b""  # the server hung up (long before our 30 s)
+        assert get(running, "/healthz")[0] == 200
+    finally:
+        running.shutdown()
+
+
 def test_a_failing_page_is_a_500_and_the_server_lives_on(holder: Holder) -> None:
     def broken_page(document: dict[str, Any]) -> str:
         raise RuntimeError("template bug")

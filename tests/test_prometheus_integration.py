@@ -108,18 +108,23 @@ def test_prometheus_scrapes_the_contract_metrics(fixed_server: Server, tmp_path:
         )
 
 
-def test_prometheus_scrapes_over_tls_with_basic_auth(tmp_path: Path) -> None:
+def test_prometheus_scrapes_over_mutual_tls_with_basic_auth(tmp_path: Path) -> None:
     certificates = make_certificates(tmp_path / "tls")
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
     web_yml = tmp_path / "web.yml"
     web_yml.write_text(
         "tls_server_config:\n  cert_file: tls/server.crt\n  key_file: tls/server.key\n"
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: tls/ca.crt\n"
         f"basic_auth_users:\n  prometheus: '{hashed}'\n"
     )
     snapshot = sample_snapshot()
     server = serve(lambda: snapshot, "127.0.0.1:0", load_web_config(web_yml))
     target = f"localhost:{server.port}"
-    tls = {"ca_file": certificates.ca_file}
+    tls = {
+        "ca_file": certificates.ca_file,
+        "cert_file": certificates.client_cert_file,
+        "key_file": certificates.client_key_file,
+    }
     try:
         with (
             PrometheusServer(
