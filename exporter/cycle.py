@@ -350,7 +350,12 @@ def apply_result(
                 memory_bandwidth_bytes_per_second=float(
                     probe_results.memory_bandwidth_bytes_per_second or 0.0
                 ),
-                dispatch_seconds=float(probe_params.dispatch_seconds),
+                # the probe's own figure; calibrate() falls back to a default without one
+                dispatch_seconds=float(
+                    probe_results.dispatch_seconds
+                    if probe_results.dispatch_seconds is not None
+                    else probe_params.dispatch_seconds
+                ),
             )
         )
     else:
