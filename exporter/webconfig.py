@@ -212,8 +212,8 @@ def _unknown_keys(
 
 
 def _parse_tls(section: Any, base_dir: Path, problems: list[str]) -> TLSConfig | None:
-    if section is None:
-        return None
+    if section is None or section == {}:
+        return None  # as in exporter-toolkit: an empty section means plain HTTP
     if not isinstance(section, dict):
         problems.append("tls_server_config: expected a mapping")
         return None
@@ -226,6 +226,8 @@ def _parse_tls(section: Any, base_dir: Path, problems: list[str]) -> TLSConfig |
     cert_file = _file(section, "cert_file", base_dir, problems, required=True)
     key_file = _file(section, "key_file", base_dir, problems, required=True)
     client_auth_type = section.get("client_auth_type") or "NoClientCert"
+    if not isinstance(client_auth_type, str):
+        client_auth_type = repr(client_auth_type)  # reported below as not one of the choices
     if client_auth_type in UNSUPPORTED_CLIENT_AUTH_TYPES:
         problems.append(
             f"tls_server_config.client_auth_type: {client_auth_type} accepts client certificates "
@@ -242,7 +244,7 @@ def _parse_tls(section: Any, base_dir: Path, problems: list[str]) -> TLSConfig |
     min_version = section.get("min_version") or "TLS12"
     max_version = section.get("max_version")
     for key, version in (("min_version", min_version), ("max_version", max_version)):
-        if version is not None and version not in TLS_VERSIONS:
+        if version is not None and (not isinstance(version, str) or version not in TLS_VERSIONS):
             problems.append(
                 f"tls_server_config.{key}: {version!r} is not one of {', '.join(TLS_VERSIONS)}"
             )

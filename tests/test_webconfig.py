@@ -11,7 +11,9 @@ from pathlib import Path
 import bcrypt
 import pytest
 from certs import make_certificates
-from scaleprobe.exporter.webconfig import BasicAuth, load_web_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scaleprobe.exporter.webconfig import BasicAuth, load_web_config, parse_web_config
 from scaleprobe.models.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +93,33 @@ def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
     ):
         assert expected in message
     assert "plaintext-password" not in message  # a wrong "hash" may be a password: never echo it
+
+
+def test_an_empty_tls_section_means_plain_http(tmp_path: Path) -> None:
+    config = load_web_config(write(tmp_path / "web.yml", "tls_server_config: {}\n"))
+    assert config.tls is None
+
+
+KEYS = st.sampled_from(
+    ["tls_server_config", "basic_auth_users", "http_server_config", "cert_file", "key_file",
+     "client_auth_type", "client_ca_file", "min_version", "max_version", "headers", "http2",
+     "alice", "TLS12", "RequireAndVerifyClientCert", "x"]
+)  # fmt: skip
+DOCUMENTS = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text() | KEYS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(DOCUMENTS)
+def test_any_document_is_either_valid_or_an_input_error(document: object) -> None:
+    """Whatever YAML gives us, the answer is a config or a plain InputError, never a crash."""
+    try:
+        parse_web_config(document, base_dir=Path("/nonexistent"))
+    except InputError as error:
+        assert "\n" not in str(error)
 
 
 def test_unverified_client_certificates_are_refused_not_weakened(tmp_path: Path) -> None:
