@@ -171,13 +171,13 @@ def served() -> Any:
 def test_served_page_draws_its_charts(served: Any) -> None:
     """Via the daemon's HTTP server: the stylesheet and script come from /static/."""
     dom = chromium("--dump-dom", url=served.url + "/")
-    assert 'href="static/status.css"' in dom
+    assert 'href="static/status.css"' in dom, dom[:2000]
     document = curves_document_of(sample_snapshot(), GENERATED_AT)
     models = [model for device in document["devices"] for model in device["models"]]
     charts = drawn(dom)
     assert len(charts) == len(models) >= 2  # one chart per model with a curve
     for expected_lines, expected_markers, lines, markers in charts:
-        assert (lines, markers) == (expected_lines, expected_markers)
+        assert (lines, markers) == (expected_lines, expected_markers), charts
     assert f'data-charts-drawn="{len(models)}/{len(models)}"' in dom
 
 
