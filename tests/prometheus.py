@@ -256,3 +256,29 @@ class PrometheusServer:
     def alerts(self) -> list[dict[str, Any]]:
         alerts: list[dict[str, Any]] = self.api("alerts")["alerts"]
         return alerts
+
+
+# dcgm-exporter's camelCase labels on scaleprobe_device_info (UUID, modelName) are a deliberate
+# contract, so that series join with that exporter's; promtool's style lint flags exactly that.
+DCGM_LABEL_LINT = (
+    "scaleprobe_device_info label names should be written in 'snake_case' not 'camelCase'"
+)
+
+
+def promtool_check_metrics(exposition: str) -> list[str]:
+    """Problems ``promtool check metrics`` finds in a text exposition, minus the dcgm exception.
+
+    Raises AssertionError on a parse error (exit code 1); lint problems (exit code 3) are
+    returned, so a clean exposition gives ``[]``.
+    """
+    result = subprocess.run(
+        [require_binary("promtool"), "check", "metrics"],
+        input=exposition,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    output = (result.stdout + result.stderr).splitlines()
+    assert result.returncode in (0, 3), "\n".join(output)
+    return [line for line in output if line.strip() and line != DCGM_LABEL_LINT]

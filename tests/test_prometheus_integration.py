@@ -21,7 +21,7 @@ import bcrypt
 import pytest
 import yaml
 from certs import make_certificates
-from prometheus import PrometheusServer, free_port
+from prometheus import PrometheusServer, free_port, promtool_check_metrics
 from sample_snapshot import sample_snapshot
 from scaleprobe.exporter.http import Server, serve
 from scaleprobe.exporter.webconfig import load_web_config
@@ -260,4 +260,8 @@ def test_prometheus_scrapes_a_real_daemon(
             timeout_seconds=60,
         )
         assert scalar(prom, "scaleprobe_collector_success") == 1
+        # promtool accepts what the daemon really serves
+        with urllib.request.urlopen(f"http://{target}/metrics", timeout=30) as response:
+            exposition = response.read().decode()
+        assert promtool_check_metrics(exposition) == []
     assert process.poll() is None
