@@ -23,10 +23,11 @@ client_timeout_seconds=CLIENT_TIMEOUT_SECONDS) -> Server``
   ``SnapshotCollector`` over ``get_snapshot`` and the process collector (RSS, CPU, open fds).
 
 Routes: ``/metrics`` (text format, or OpenMetrics when the Accept header asks; gzip when
-accepted), ``/api/v1/capacity``, ``/api/v1/curves``, ``/healthz`` (the process answers; exempt
-from basic auth so liveness probes need no credentials), ``/readyz`` (200 once a calibration is
-available, 503 with the reason before), ``/``, ``/static/<file>`` (only files under
-``static_dir``). Only GET and HEAD (405 otherwise).
+accepted), ``/api/v1/capacity``, ``/api/v1/curves``, ``/healthz`` (the process answers),
+``/readyz`` (200 once a calibration is available, 503 with the reason before), ``/``,
+``/static/<file>`` (only files under ``static_dir``). Only GET and HEAD (405 otherwise).
+With ``basic_auth_users`` every route asks for credentials except ``/healthz`` and ``/readyz``
+(``HEALTH_PATHS``), so Kubernetes probes need none; they tell nothing but "alive" and "ready".
 
 Robustness: each connection has its own thread (at most ``MAX_CONNECTIONS`` at once, beyond
 that new connections are closed); a client silent for ``client_timeout_seconds``, mid-request
@@ -74,6 +75,7 @@ MAX_HEADER_BYTES = 32768
 CLIENT_TIMEOUT_SECONDS = 10.0
 MAX_CONNECTIONS = 64
 REALM = 'Basic realm="scaleprobe", charset="UTF-8"'
+HEALTH_PATHS = ("/healthz", "/readyz")  # answered without credentials (Kubernetes probes)
 
 StatusPage = Callable[[dict[str, Any]], str]
 
@@ -284,7 +286,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.partition("?")[0]
         auth = self.server.auth
         authorization = self.headers.get("Authorization")
-        if auth is not None and path != "/healthz" and auth.check(authorization) is None:
+        if auth is not None and path not in HEALTH_PATHS and auth.check(authorization) is None:
             self.send(text(401, "unauthorized", **{"WWW-Authenticate": REALM}))
             return
         if self.command not in ("GET", "HEAD"):

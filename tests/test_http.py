@@ -400,9 +400,12 @@ def test_basic_auth(tmp_path: Path, holder: Holder, caplog: pytest.LogCaptureFix
                 assert reply_headers["WWW-Authenticate"].startswith('Basic realm="scaleprobe"')
                 assert b"scaleprobe_" not in body
             assert get(running, "/api/v1/capacity")[0] == 401
-            assert get(running, "/readyz")[0] == 401
+            assert get(running, "/api/v1/curves")[0] == 401
+            assert get(running, "/")[0] == 401
             assert get(running, "/metrics", method="POST")[0] == 401
-            assert get(running, "/healthz")[0] == 200  # liveness needs no credentials
+            # Kubernetes probes need no credentials
+            assert get(running, "/healthz")[0] == 200
+            assert get(running, "/readyz")[0] == 200
             good = basic("prometheus", PASSWORD)
             status, _, body = get(running, "/metrics", headers=good)
             assert status == 200
