@@ -108,7 +108,7 @@ def parse_listen_address(address: str) -> tuple[str, int]:
         host, separator, port = value.rpartition(":")
         if ":" in host:
             separator = ""  # an IPv6 address must be bracketed
-    if not separator or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not separator or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise InputError(f"--web.listen-address {address!r}: {allowed}")
     return host, int(port)
 
