@@ -433,3 +433,22 @@ def test_tls_and_basic_auth_together(
         assert get(running, "/metrics", headers=good, context=context)[0] == 200
     finally:
         running.shutdown()
+
+
+def test_serving_never_loads_torch() -> None:
+    """The exporter side stays small: serving a snapshot imports neither torch nor transformers
+    (ruff's banned-API rule checks the source; this checks what really gets imported)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from scaleprobe.exporter import api, collector, http, webconfig\n"
+        "server = http.serve(lambda: None, '127.0.0.1:0')\n"
+        "server.shutdown()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]"
