@@ -9,6 +9,8 @@ import json
 import logging
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -438,9 +440,6 @@ def test_tls_and_basic_auth_together(
 def test_serving_never_loads_torch() -> None:
     """The exporter side stays small: serving a snapshot imports neither torch nor transformers
     (ruff's banned-API rule checks the source; this checks what really gets imported)."""
-    import subprocess
-    import sys
-
     code = (
         "import sys\n"
         "from scaleprobe.exporter import api, collector, http, webconfig\n"
