@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from scaleprobe.exporter.config import Config
+from scaleprobe.exporter.config import Config, ModelConfig
 from scaleprobe.exporter.snapshot import (
     CalibrationSample,
     DeviceState,
@@ -44,7 +44,6 @@ from scaleprobe.models.predict import max_batch_size, predict
 log = logging.getLogger("scaleprobe.cycle")
 
 WORKER_SCHEMA = "scaleprobe.worker/1"
-CALIBRATION_PROBES = ("compute", "memory", "dispatch")
 # Outcome labels of probe_runs_total (docs: DESIGN.md); the supervisor's "malformed" is a failure.
 _OUTCOME_LABELS = {"malformed": "failed"}
 
@@ -256,6 +255,214 @@ def apply_failure(
     )
 
 
+Key = tuple[str, int, int]  # (model, batch_size, seq_len)
+
+
+@dataclass(frozen=True)
+class _Tally:
+    """The counters after this cycle's records, and its fresh measurements."""
+
+    counts: dict[tuple[str, str], int]
+    durations: dict[str, float]
+    device_seconds: float
+    probes: dict[str, Mapping[str, Any]]
+    fresh: dict[Key, Measurement]
+
+
+def _tally(
+    base: DeviceState, result: Mapping[str, Any], now: float, cycle_duration_seconds: float
+) -> _Tally:
+    counts = dict(base.probe_runs_total)
+    durations = dict(base.probe_duration_seconds)
+    device_seconds = base.probe_device_seconds_total
+
+    def count(probe: str, outcome: str) -> None:
+        key = (probe, _label(outcome))
+        counts[key] = counts.get(key, 0) + 1
+
+    probes: dict[str, Mapping[str, Any]] = {}
+    for record in result.get("probes", []):
+        probe = str(record["probe"])
+        count(probe, str(record["outcome"]))
+        durations[probe] = float(record.get("duration_seconds") or 0.0)
+        device_seconds += float(record.get("device_seconds") or 0.0)
+        probes[probe] = record
+    model_seconds = 0.0
+    fresh: dict[Key, Measurement] = {}
+    for record in result.get("points", []):
+        count("model", str(record["outcome"]))
+        model_seconds += float(record.get("duration_seconds") or 0.0)
+        device_seconds += float(record.get("device_seconds") or 0.0)
+        if record["outcome"] == "ok":
+            key = (str(record["model"]), int(record["batch_size"]), int(record["seq_len"]))
+            fresh[key] = _measurement(record, now)
+    if result.get("points"):
+        durations["model"] = model_seconds
+    count("cycle", "ok")
+    durations["cycle"] = cycle_duration_seconds
+    return _Tally(counts, durations, device_seconds, probes, fresh)
+
+
+def _measurement(record: Mapping[str, Any], now: float) -> Measurement:
+    latency = float(record["latency_seconds"])
+    if not (latency > 0 and math.isfinite(latency)):
+        raise ValueError(f"point latency_seconds {latency!r} is not a positive number")
+    overhead = record.get("framework_overhead_ratio")
+    peak = record.get("peak_memory_bytes")
+    return Measurement(
+        latency_seconds=latency,
+        framework_overhead_ratio=None if overhead is None else float(overhead),
+        peak_memory_bytes=None if peak is None else float(peak),
+        timestamp_seconds=now,
+        spread_ratio=_spread_ratio([float(s) for s in record.get("samples_seconds", [])]),
+    )
+
+
+def _calibrate(
+    result: Mapping[str, Any], device: str, dtype: str, name: str, now: float
+) -> tuple[DeviceParams | None, CalibrationSample | None, str]:
+    """The probes' calibration and its history sample; or None and why (compute/memory not ok)."""
+    probe_results = fit_module.ProbeResults.from_records(result.get("probes", []))
+    bandwidth = probe_results.memory_bandwidth_bytes_per_second
+    if dtype not in probe_results.compute_flops_per_second or bandwidth is None:
+        records = {str(r.get("probe")): r for r in result.get("probes", [])}
+        missing = []
+        for probe in ("compute", "memory"):
+            record = records.get(probe, {})
+            if record.get("outcome") != "ok":
+                missing.append(
+                    f"{probe}: {record.get('reason') or record.get('outcome', 'not run')}"
+                )
+        return None, None, "calibration probes did not run: " + "; ".join(missing)
+    memory_bytes = result.get("device", {}).get("memory_bytes")
+    params = fit_module.calibrate(
+        probe_results,
+        kind="gpu" if device.startswith("cuda") else "cpu",
+        memory_bytes=int(memory_bytes) if memory_bytes else 16 * 2**30,
+        name=name,
+    )
+    sample = CalibrationSample(
+        timestamp_seconds=now,
+        compute_flops_per_second=dict(probe_results.compute_flops_per_second),
+        memory_bandwidth_bytes_per_second=float(bandwidth),
+        # the probe's own figure; calibrate() falls back to a default without one
+        dispatch_seconds=float(
+            probe_results.dispatch_seconds
+            if probe_results.dispatch_seconds is not None
+            else params.dispatch_seconds
+        ),
+    )
+    return params, sample, ""
+
+
+def _for_dtype(params: DeviceParams | None, dtype: str) -> DeviceParams | None:
+    """None for parameters calibrated for another dtype (the config changed): no prediction."""
+    if params is None or dtype not in params.compute_flops_per_second:
+        return None
+    return params
+
+
+def _recent_measurements(
+    config: Config,
+    previous_points: Mapping[Key, PointRecord],
+    fresh: Mapping[Key, Measurement],
+    now: float,
+) -> dict[Key, Measurement]:
+    """The latest measurement of every grid point, not older than the history window."""
+    measurements = {
+        key: point.measured
+        for key, point in previous_points.items()
+        if point.measured is not None
+        and now - point.measured.timestamp_seconds <= config.history_max_age_seconds
+    }
+    measurements.update(fresh)
+    grid_keys = {(m.name, b, s) for m in config.models for b, s in config.grid()}
+    return {k: v for k, v in measurements.items() if k in grid_keys}
+
+
+def _refit(
+    params: DeviceParams,
+    measurements: Mapping[Key, Measurement],
+    architectures: Mapping[str, Architecture],
+    dtype: str,
+) -> DeviceParams:
+    if not measurements:
+        return params
+    points = [
+        fit_module.MeasuredPoint(
+            model=key[0],
+            batch_size=key[1],
+            seq_len=key[2],
+            dtype=dtype,
+            latency_seconds=m.latency_seconds,
+            framework_overhead_ratio=m.framework_overhead_ratio,
+        )
+        for key, m in sorted(measurements.items())
+    ]
+    return fit_module.refit(params, points, dict(architectures)).params
+
+
+def _model_state(
+    model: ModelConfig,
+    architecture: Architecture,
+    *,
+    config: Config,
+    dtype: str,
+    params: DeviceParams,
+    baseline: DeviceParams | None,
+    measurements: Mapping[Key, Measurement],
+    prior_errors: Mapping[Key, float],
+    previous_points: Mapping[Key, PointRecord],
+    previous_model: ModelState | None,
+) -> ModelState:
+    """One model's curve predicted with ``params``, its measurements, errors, drift, limits."""
+    records: list[PointRecord] = []
+    for batch_size, seq_len in config.grid():
+        key = (model.name, batch_size, seq_len)
+        measured = measurements.get(key)
+        prior_error: float | None = None
+        baseline_error: float | None = None
+        if measured is not None:
+            old = previous_points.get(key)
+            # scored when it was measured; a point not measured this cycle keeps its score
+            prior_error = prior_errors.get(key, old.prior_error_ratio if old else None)
+            if baseline is not None:
+                pinned = predict(architecture, baseline, batch_size, seq_len, dtype)
+                baseline_error = error_ratio(measured.latency_seconds, pinned.latency_seconds)
+        records.append(
+            PointRecord(
+                batch_size=batch_size,
+                seq_len=seq_len,
+                predicted=_figures(predict(architecture, params, batch_size, seq_len, dtype)),
+                measured=measured,
+                prior_error_ratio=prior_error,
+                baseline_error_ratio=baseline_error,
+            )
+        )
+    this_cycle = [error for key, error in prior_errors.items() if key[0] == model.name]
+    all_errors = [r.prior_error_ratio for r in records if r.prior_error_ratio is not None]
+    drift: float | None
+    if this_cycle:
+        drift = statistics.median(this_cycle)
+    else:
+        drift = previous_model.drift_ratio if previous_model is not None else None
+    serving = (model.serving_batch_size, model.serving_seq_len)
+    return ModelState(
+        model=model.name,
+        dtype=dtype,
+        serving_batch_size=serving[0],
+        serving_seq_len=serving[1],
+        capacity=_figures(predict(architecture, params, serving[0], serving[1], dtype)),
+        points=tuple(records),
+        max_batch_size={
+            s: int(max_batch_size(architecture, params, s, dtype))
+            for s in sorted({*config.seq_lens, serving[1]})
+        },
+        mape_ratio=statistics.fmean(abs(e) for e in all_errors) if all_errors else None,
+        drift_ratio=drift,
+    )
+
+
 def apply_result(
     config: Config,
     device: str,
@@ -276,248 +483,91 @@ def apply_result(
         raise ValueError(f"result schema {result.get('schema')!r}, expected {WORKER_SCHEMA}")
     dtype = config.dtype_for(device)
     base = previous if previous is not None else empty_device_state(device)
-    counts = dict(base.probe_runs_total)
-    durations = dict(base.probe_duration_seconds)
-    device_seconds = base.probe_device_seconds_total
-
-    def count(probe: str, outcome: str) -> None:
-        key = (probe, _label(outcome))
-        counts[key] = counts.get(key, 0) + 1
-
-    probes = {}
-    for record in result.get("probes", []):
-        probe = str(record["probe"])
-        count(probe, str(record["outcome"]))
-        durations[probe] = float(record.get("duration_seconds") or 0.0)
-        device_seconds += float(record.get("device_seconds") or 0.0)
-        probes[probe] = record
-    model_seconds = 0.0
-    fresh: dict[tuple[str, int, int], Measurement] = {}
-    for record in result.get("points", []):
-        count("model", str(record["outcome"]))
-        model_seconds += float(record.get("duration_seconds") or 0.0)
-        device_seconds += float(record.get("device_seconds") or 0.0)
-        if record["outcome"] != "ok":
-            continue
-        latency = float(record["latency_seconds"])
-        if not (latency > 0 and math.isfinite(latency)):
-            raise ValueError(f"point latency_seconds {latency!r} is not a positive number")
-        key = (str(record["model"]), int(record["batch_size"]), int(record["seq_len"]))
-        overhead = record.get("framework_overhead_ratio")
-        peak = record.get("peak_memory_bytes")
-        fresh[key] = Measurement(
-            latency_seconds=latency,
-            framework_overhead_ratio=None if overhead is None else float(overhead),
-            peak_memory_bytes=None if peak is None else float(peak),
-            timestamp_seconds=now,
-            spread_ratio=_spread_ratio([float(s) for s in record.get("samples_seconds", [])]),
-        )
-    if result.get("points"):
-        durations["model"] = model_seconds
-    count("cycle", "ok")
-    durations["cycle"] = cycle_duration_seconds
-
+    tally = _tally(base, result, now, cycle_duration_seconds)
     identity_source = result.get("device", {})
     identity = {
         k: str(identity_source.get(k) or "") for k in ("gpu", "UUID", "modelName", "driver_version")
     }
-    environment = dict(result.get("environment", {}))
-    prior_params = _params_of(previous)
-
-    if prior_params is not None and dtype not in prior_params.compute_flops_per_second:
-        prior_params = None  # calibrated for another dtype (the config changed): no prior
+    common: dict[str, Any] = {
+        "identity": identity,
+        "probe_runs_total": tally.counts,
+        "probe_duration_seconds": tally.durations,
+        "probe_device_seconds_total": tally.device_seconds,
+        "guard": dict(result.get("guard", {})),
+        "environment": dict(result.get("environment", {})),
+        "last_cycle_timestamp_seconds": now,
+        "last_cycle_outcome": "ok",
+        "consecutive_failures": 0,
+    }
+    prior = _for_dtype(_params_of(previous), dtype)
 
     # 1. calibration from the probes (compute and memory ok), else the last good one is kept
-    probe_results = fit_module.ProbeResults.from_records(result.get("probes", []))
-    calibrated = (
-        dtype in probe_results.compute_flops_per_second
-        and probe_results.memory_bandwidth_bytes_per_second is not None
+    fresh_params, sample, reason = _calibrate(
+        result, device, dtype, identity["modelName"] or device, now
     )
-    history = list(base.history)
-    reason = ""
-    if calibrated:
-        memory_bytes = identity_source.get("memory_bytes")
-        probe_params = fit_module.calibrate(
-            probe_results,
-            kind="gpu" if device.startswith("cuda") else "cpu",
-            memory_bytes=int(memory_bytes) if memory_bytes else 16 * 2**30,
-            name=identity["modelName"] or device,
-        )
-        history.append(
-            CalibrationSample(
-                timestamp_seconds=now,
-                compute_flops_per_second=dict(probe_results.compute_flops_per_second),
-                memory_bandwidth_bytes_per_second=float(
-                    probe_results.memory_bandwidth_bytes_per_second or 0.0
-                ),
-                # the probe's own figure; calibrate() falls back to a default without one
-                dispatch_seconds=float(
-                    probe_results.dispatch_seconds
-                    if probe_results.dispatch_seconds is not None
-                    else probe_params.dispatch_seconds
-                ),
-            )
-        )
-    else:
-        probe_params = prior_params
-        missing = [
-            f"{p}: {probes.get(p, {}).get('reason') or probes.get(p, {}).get('outcome', 'not run')}"
-            for p in CALIBRATION_PROBES[:2]
-            if probes.get(p, {}).get("outcome") != "ok"
-        ]
-        reason = "calibration probes did not run: " + "; ".join(missing)
-    if probe_params is None:  # never calibrated: nothing to predict with yet
-        return replace(
-            base,
-            identity=identity,
-            up=False,
-            probe_runs_total=counts,
-            probe_duration_seconds=durations,
-            probe_device_seconds_total=device_seconds,
-            guard=dict(result.get("guard", {})),
-            environment=environment,
-            last_cycle_timestamp_seconds=now,
-            last_cycle_outcome="ok",
-            last_cycle_reason=reason,
-            consecutive_failures=0,
-        )
-    if prior_params is None:
-        prior_params = probe_params  # first cycle: the probes' calibration is the prior
+    calibrated = fresh_params is not None
+    start = fresh_params if fresh_params is not None else prior
+    if start is None:  # never calibrated: nothing to predict with yet
+        return replace(base, up=False, last_cycle_reason=reason, **common)
+    history = [*base.history, *([sample] if sample is not None else [])]
 
-    # 2. score this cycle's measurements against the prior (pre-refit) prediction
-    prior_errors: dict[tuple[str, int, int], float] = {}
-    for key, measurement in fresh.items():
-        architecture = architectures.get(key[0])
-        if architecture is None:
-            continue
-        before = predict(architecture, prior_params, key[1], key[2], dtype)
-        prior_errors[key] = error_ratio(measurement.latency_seconds, before.latency_seconds)
+    # 2. score this cycle's measurements against the prediction made before the refit (on a
+    #    first cycle: the probes' calibration alone)
+    before = prior if prior is not None else start
+    prior_errors = {
+        key: error_ratio(
+            m.latency_seconds,
+            predict(architectures[key[0]], before, key[1], key[2], dtype).latency_seconds,
+        )
+        for key, m in tally.fresh.items()
+        if key[0] in architectures
+    }
 
-    # 3. the recent measurements of the whole grid (latest per point), for the refit
+    # 3. refit on the recent measurements of the whole grid (latest per point)
     previous_points = {
         (m.model, p.batch_size, p.seq_len): p
         for m in base.models
         if m.dtype == dtype
         for p in m.points
     }
-    measurements: dict[tuple[str, int, int], Measurement] = {}
-    for key, point in previous_points.items():
-        if point.measured is not None and (
-            now - point.measured.timestamp_seconds <= config.history_max_age_seconds
-        ):
-            measurements[key] = point.measured
-    measurements.update(fresh)
-    grid_keys = {(m.name, b, s) for m in config.models for b, s in config.grid()}
-    measurements = {k: v for k, v in measurements.items() if k in grid_keys}
-
-    params = probe_params
-    if calibrated and measurements:
-        measured_points = [
-            fit_module.MeasuredPoint(
-                model=key[0],
-                batch_size=key[1],
-                seq_len=key[2],
-                dtype=dtype,
-                latency_seconds=m.latency_seconds,
-                framework_overhead_ratio=m.framework_overhead_ratio,
-            )
-            for key, m in sorted(measurements.items())
-        ]
-        report = fit_module.refit(probe_params, measured_points, dict(architectures))
-        params = report.params
+    measurements = _recent_measurements(config, previous_points, tally.fresh, now)
+    params = _refit(start, measurements, architectures, dtype) if calibrated else start
 
     # 4. the baseline: pinned at the first good calibration unless reset (or disabled)
-    baseline_dict = base.baseline
+    baseline = base.baseline
     if config.baseline_mode == "none":
-        baseline_dict = None
-    elif baseline_dict is None or reset_baseline:
-        baseline_dict = params.to_dict() if calibrated else baseline_dict
-    baseline_params = DeviceParams.from_dict(baseline_dict) if baseline_dict else None
-    if baseline_params is not None and dtype not in baseline_params.compute_flops_per_second:
-        baseline_params = None
+        baseline = None
+    elif calibrated and (baseline is None or reset_baseline):
+        baseline = params.to_dict()
+    baseline_params = _for_dtype(DeviceParams.from_dict(baseline) if baseline else None, dtype)
 
     # 5. predict the grid, the serving points and the memory limits with the refitted params
-    models: list[ModelState] = []
     previous_models = {m.model: m for m in base.models if m.dtype == dtype}
-    for model in config.models:
-        architecture = architectures[model.name]
-        records: list[PointRecord] = []
-        for batch_size, seq_len in config.grid():
-            key = (model.name, batch_size, seq_len)
-            measured = measurements.get(key)
-            old = previous_points.get(key)
-            prior_error = prior_errors.get(key)
-            if prior_error is None and measured is not None and old is not None:
-                prior_error = old.prior_error_ratio
-            baseline_error = None
-            if measured is not None and baseline_params is not None:
-                baseline_prediction = predict(
-                    architecture, baseline_params, batch_size, seq_len, dtype
-                )
-                baseline_error = error_ratio(
-                    measured.latency_seconds, baseline_prediction.latency_seconds
-                )
-            records.append(
-                PointRecord(
-                    batch_size=batch_size,
-                    seq_len=seq_len,
-                    predicted=_figures(predict(architecture, params, batch_size, seq_len, dtype)),
-                    measured=measured,
-                    prior_error_ratio=prior_error if measured is not None else None,
-                    baseline_error_ratio=baseline_error,
-                )
-            )
-        this_cycle = [prior_errors[k] for k in prior_errors if k[0] == model.name]
-        all_errors = [r.prior_error_ratio for r in records if r.prior_error_ratio is not None]
-        old_model = previous_models.get(model.name)
-        drift = (
-            statistics.median(this_cycle)
-            if this_cycle
-            else (old_model.drift_ratio if old_model is not None else None)
+    models = tuple(
+        _model_state(
+            model,
+            architectures[model.name],
+            config=config,
+            dtype=dtype,
+            params=params,
+            baseline=baseline_params,
+            measurements=measurements,
+            prior_errors=prior_errors,
+            previous_points=previous_points,
+            previous_model=previous_models.get(model.name),
         )
-        seq_lens = sorted({*config.seq_lens, model.serving_seq_len})
-        models.append(
-            ModelState(
-                model=model.name,
-                dtype=dtype,
-                serving_batch_size=model.serving_batch_size,
-                serving_seq_len=model.serving_seq_len,
-                capacity=_figures(
-                    predict(
-                        architecture,
-                        params,
-                        model.serving_batch_size,
-                        model.serving_seq_len,
-                        dtype,
-                    )
-                ),
-                points=tuple(records),
-                max_batch_size={
-                    s: int(max_batch_size(architecture, params, s, dtype)) for s in seq_lens
-                },
-                mape_ratio=statistics.fmean(abs(e) for e in all_errors) if all_errors else None,
-                drift_ratio=drift,
-            )
-        )
-
+        for model in config.models
+    )
     return replace(
         base,
-        identity=identity,
         up=calibrated,
         calibration=params.to_dict(),
         calibration_timestamp_seconds=now if calibrated else base.calibration_timestamp_seconds,
-        baseline=baseline_dict,
+        baseline=baseline,
         history=_bounded_history(history, config, now),
-        models=tuple(models),
-        probe_runs_total=counts,
-        probe_duration_seconds=durations,
-        probe_device_seconds_total=device_seconds,
-        guard=dict(result.get("guard", {})),
-        environment=environment,
-        last_cycle_timestamp_seconds=now,
-        last_cycle_outcome="ok",
+        models=models,
         last_cycle_reason=reason,
-        consecutive_failures=0,
+        **common,
     )
 
 
