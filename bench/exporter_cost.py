@@ -2,16 +2,19 @@
 
 Starts a real ``scaleprobe run`` (the real probe worker unless ``--fake-worker``) on loopback with a
 small config, lets ``--clients`` threads scrape ``/metrics`` every ``--interval-seconds`` (far more
-often than Prometheus' 15 s, so thousands of scrapes fall inside cycles) for ``--seconds``, and
+often than Prometheus' 15 s, so hundreds of scrapes fall inside a cycle) for ``--seconds``, and
 samples, every 0.2 s, the exporter's RSS (``/proc/PID/status`` VmRSS, the daemon process only: the
 worker is a separate process and is reported apart) and whether a worker process is alive. Scrape
-latencies are split by whether a worker was running when the scrape started.
+latencies are split by whether a worker was running when the scrape started. It also reports the
+seconds from process start to the first answered scrape and to the first prediction served
+(``/readyz`` 200: the first cycle's calibration is in), and the CPU time one scrape's rendering
+takes (immune to the machine's load).
 
     python bench/exporter_cost.py                    # real worker, 2 clients every 0.25 s, 90 s
     python bench/exporter_cost.py --fake-worker --seconds 30
 
 The targets (issue 4): exporter RSS at most 80 MB, /metrics p99 at most 10 ms while a cycle runs.
-The machine is shared: run it twice and report both; a p99 over a few thousand scrapes on 2 busy
+The machine is shared: run it twice and report both; a p99 over hundreds of scrapes on 2 busy
 cores is dominated by scheduling, which is what a real node sees too.
 """
 
@@ -145,6 +148,7 @@ def main() -> int:
         port = free_port()
         url = f"http://127.0.0.1:{port}/metrics"
         log = (directory / "daemon.log").open("w")
+        started = time.monotonic()
         daemon = subprocess.Popen(
             [
                 sys.executable,
@@ -171,6 +175,9 @@ def main() -> int:
                         return 1
                     time.sleep(0.2)
             rss_at_start = rss_bytes(daemon.pid)
+            first_scrape_seconds = time.monotonic() - started
+            ready_url = f"http://127.0.0.1:{port}/readyz"
+            ready_after: list[float] = []  # seconds from start until /readyz said 200
 
             busy = threading.Event()  # a worker process is alive
             stop = threading.Event()
@@ -182,6 +189,10 @@ def main() -> int:
 
             def sampler() -> None:
                 while not stop.is_set():
+                    if not ready_after:
+                        with contextlib.suppress(OSError):
+                            urllib.request.urlopen(ready_url, timeout=5).read()
+                            ready_after.append(time.monotonic() - started)
                     rss_samples.append(rss_bytes(daemon.pid))
                     kids = children(daemon.pid)
                     if kids:
@@ -247,6 +258,9 @@ def main() -> int:
         "exposition_series": sum(
             1 for line in exposition.decode().splitlines() if line and not line.startswith("#")
         ),
+        "seconds_to_first_scrape": round(first_scrape_seconds, 2),
+        # the first cycle's calibration and predictions served (/readyz 200), from process start
+        "seconds_to_first_prediction": round(ready_after[0], 1) if ready_after else None,
         "exporter_rss_mb_at_start": round(rss_at_start / 2**20, 1),
         "exporter_rss_mb_max": round(max(rss_samples) / 2**20, 1),
         "worker_rss_mb_max": round(max(worker_rss) / 2**20, 1) if worker_rss else None,
