@@ -25,6 +25,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -85,10 +86,16 @@ class Daemon:
         build = {"version": _version(), "torch_version": "", "transformers_version": ""}
         if loaded is not None:
             build.update({k: v for k, v in loaded.build.items() if k != "version"})
+            # only what is still configured: a removed device or model leaves no stale series
+            names = {m.name for m in self.config.models}
             snapshot = Snapshot(
                 created_at_seconds=loaded.created_at_seconds,
                 build=build,
-                devices=tuple(d for d in loaded.devices if d.device in self.devices),
+                devices=tuple(
+                    replace(d, models=tuple(m for m in d.models if m.model in names))
+                    for d in loaded.devices
+                    if d.device in self.devices
+                ),
                 state_write_errors_total=loaded.state_write_errors_total,
             )
         else:

@@ -118,6 +118,9 @@ def test_the_loaded_state_is_served_and_trimmed_to_the_configured_devices(
     again = Daemon(config, ("cpu",), state_path=tmp_path / "s.json", initial=loaded)
     assert [d.device for d in again.snapshot().devices] == ["cpu"]
     assert again.snapshot().devices[0] == first.snapshot().devices[0]
+    fewer = replace(config, models=config.models[:1])
+    trimmed = Daemon(fewer, ("cpu",), state_path=tmp_path / "s.json", initial=loaded)
+    assert [m.model for m in trimmed.snapshot().devices[0].models] == [config.models[0].name]
 
 
 def test_baseline_reset_applies_to_the_first_good_cycle_only(
