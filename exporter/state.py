@@ -76,6 +76,7 @@ def _fsync_directory(directory: Path) -> None:
 
 def load_snapshot(path: Path, *, clock: Callable[[], float] = time.time) -> Snapshot | None:
     """The snapshot saved at ``path``; None if there is none or it was unusable (moved aside)."""
+    _remove_stale_temporaries(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -88,6 +89,22 @@ def load_snapshot(path: Path, *, clock: Callable[[], float] = time.time) -> Snap
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         _move_aside(path, f"is not a usable state file: {type(error).__name__}: {error}", clock)
         return None
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files of writes that a crash (``kill -9``, OOM kill) cut short.
+
+    They are never read (the rename that would have published them did not happen), but each is
+    as large as a state file and a daemon restarted by crashes for months would pile them up.
+    Called at start, before this process writes anything.
+    """
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+            log.info(
+                "removed a temporary state file left by an interrupted write",
+                extra={"path": str(stale)},
+            )
 
 
 def _move_aside(path: Path, why: str, clock: Callable[[], float]) -> Path | None:
