@@ -20,6 +20,7 @@ snapshot (``state_write_errors_total``); the daemon keeps serving from memory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -77,6 +78,7 @@ class Daemon:
         self._architectures = load_architectures(config)
         self._reset_pending = set(self.devices) if reset_baseline else set()
         self._not_before: dict[str, float] = {}
+        self._guard_said: dict[str, str] = {}  # device -> the guard problem last logged
         self._write_lock = threading.Lock()
         self.cancel = threading.Event()
         self._snapshot = self._initial_snapshot(initial)
@@ -152,6 +154,8 @@ class Daemon:
         if result.outcome == "cancelled":
             return
         state = result.state
+        if result.outcome == "ok":
+            self._say_guard(device, state.guard)
         if result.outcome == "ok" and state.up:
             self._reset_pending.discard(device)
         if state.consecutive_failures:
@@ -183,6 +187,26 @@ class Daemon:
             self._snapshot = snapshot
             self._save_locked()
 
+    def _say_guard(self, device: str, guard: dict[str, Any]) -> None:
+        """Log once (not every cycle) that a GPU's guard cannot read NVML, and when it can again.
+
+        Probes go on without the check (they cannot see whether the serving workload is busy);
+        ``scaleprobe_guard_checked`` says the same in a metric. The CPU has no NVML to read.
+        """
+        if not device.startswith("cuda") or "checked" not in guard:
+            return
+        problem = "" if guard.get("checked") else str(guard.get("reason") or "unknown")
+        if problem == self._guard_said.get(device, ""):
+            return
+        self._guard_said[device] = problem
+        if problem:
+            log.warning(
+                "guard cannot check the device through NVML; probes run without it (degraded)",
+                extra={"device": device, "probe": "guard", "reason": problem},
+            )
+        else:
+            log.info("guard checks the device through NVML again", extra={"device": device})
+
     def save(self) -> bool:
         with self._write_lock:
             return self._save_locked()
@@ -204,6 +228,23 @@ class Daemon:
             )
             return False
         return True
+
+
+def _nvml_problem() -> str:
+    """Why NVML lists no GPU, for the log line of the CPU fallback."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as error:  # no library, no driver: NVMLError and friends
+        return f"NVML unavailable: {type(error).__name__}: {error}"
+    try:
+        return f"NVML lists {int(pynvml.nvmlDeviceGetCount())} GPUs"
+    except Exception as error:
+        return f"NVML cannot count GPUs: {error}"
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
 
 
 def make_scheduler(daemon: Daemon, config: Config) -> BackgroundScheduler:
@@ -234,6 +275,11 @@ def run_command(args: Any) -> int:
     setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "logfmt"))
     config = load_config(args.config_file) if args.config_file else default_config()
     devices = resolve_devices(config)
+    if config.devices == ("auto",) and devices == ("cpu",):
+        log.warning(
+            "no GPU found through NVML; probing the CPU",
+            extra={"probe": "guard", "reason": _nvml_problem()},
+        )
     web_config = load_web_config(args.web_config_file) if args.web_config_file else None
     state_path = Path(config.state_file) if config.state_file else default_state_path()
     initial = load_snapshot(state_path)
