@@ -83,6 +83,7 @@ class Kernel:
     gemm: tuple[int, int, int, int] | None = None
     weight_bytes: float = 0.0
     layer: int = -1  # -1 outside the encoder layers
+    module_calls: int = 0  # nn.Module calls (Python) around these ops: their own host cost
 
     @property
     def flops_per_call(self) -> float:
@@ -125,6 +126,10 @@ class ForwardCost:
     def host_ops(self) -> int:
         return sum(k.host_ops for k in self.kernels)
 
+    @property
+    def module_calls(self) -> int:
+        return sum(k.module_calls for k in self.kernels)
+
     def by_name(self) -> dict[str, dict[str, float]]:
         """Totals per kernel name, summed over layers (for tables and debugging)."""
         table: dict[str, dict[str, float]] = {}
@@ -151,7 +156,14 @@ def _check_sizes(arch: Architecture, batch_size: int, seq_len: int) -> None:
 
 
 def _linear(
-    name: str, tokens: int, n_out: int, n_in: int, e: int, calls: int = 1, layer: int = -1
+    name: str,
+    tokens: int,
+    n_out: int,
+    n_in: int,
+    e: int,
+    calls: int = 1,
+    layer: int = -1,
+    modules: int | None = None,
 ) -> Kernel:
     weights = (n_in * n_out + n_out) * e
     per_call_bytes = (tokens * n_in + tokens * n_out) * e + weights
@@ -165,6 +177,7 @@ def _linear(
         gemm=(1, tokens, n_out, n_in),
         weight_bytes=float(weights * calls),
         layer=layer,
+        module_calls=calls if modules is None else modules,
     )
 
 
@@ -178,6 +191,7 @@ def _elementwise(
     host_ops: int,
     calls: int = 1,
     layer: int = -1,
+    modules: int = 0,
 ) -> Kernel:
     """An elementwise kernel touching ``tensors`` tensors of ``elements`` elements each."""
     return Kernel(
@@ -188,6 +202,7 @@ def _elementwise(
         host_ops=host_ops,
         calls=calls,
         layer=layer,
+        module_calls=modules,
     )
 
 
@@ -203,7 +218,15 @@ def _embeddings(arch: Architecture, batch: int, seq: int, e: int) -> list[Kernel
     gather_ops = {"distilbert": 3, "roberta": 6, "xlm-roberta": 6}.get(arch.model_type, 7)
     kernels.append(
         _elementwise(
-            "embedding_gather", GATHER, tokens * width, 0, 2, e, host_ops=gather_ops, calls=tables
+            "embedding_gather",
+            GATHER,
+            tokens * width,
+            0,
+            2,
+            e,
+            host_ops=gather_ops,
+            calls=tables,
+            modules=1 + tables,  # the embeddings module and one nn.Embedding per table
         )
     )
     kernels.append(
@@ -220,7 +243,14 @@ def _embeddings(arch: Architecture, batch: int, seq: int, e: int) -> list[Kernel
     )
     kernels.append(
         _elementwise(
-            "embedding_norm", NORM, tokens * width, _NORM_FLOPS_PER_ELEMENT, 2, e, host_ops=1
+            "embedding_norm",
+            NORM,
+            tokens * width,
+            _NORM_FLOPS_PER_ELEMENT,
+            2,
+            e,
+            host_ops=1,
+            modules=2,  # LayerNorm, Dropout
         )
     )
     if width != arch.hidden_size:
@@ -297,7 +327,9 @@ def _sparse_attention(arch: Architecture, batch: int, seq: int, e: int, layer: i
     windows = 2.0 * bh * middle * 3 * bs * d * 2
     band = bh * band_scores * 6 * 2
     probs = bh * float(seq) * seq + bh * scores_per_head
-    glue_bytes = (gathered + windows + band + probs) * e
+    # A TorchDispatchMode trace of the real forward reads and writes about twice this minimum
+    # (in-place scatters into the dense probabilities, masks broadcast per head): count that.
+    glue_bytes = 2.0 * (gathered + windows + band + probs) * e
     return [
         Kernel(
             name="attention_block_sparse",
@@ -328,19 +360,28 @@ def _layer(
     h, f = arch.hidden_size, arch.intermediate_size
     act_ops = ACTIVATION_OPS[arch.hidden_act]
     act_flops = _ACTIVATION_FLOPS.get(arch.hidden_act, 4)
-    kernels = [_linear("qkv_projection", tokens, h, h, e, calls=3, layer=layer)]
+    # module calls: the layer, its attention block, self-attention, then the three projections
+    kernels = [_linear("qkv_projection", tokens, h, h, e, calls=3, layer=layer, modules=6)]
     kernels[0] = Kernel(**{**kernels[0].__dict__, "host_ops": 3 * (_LINEAR_OPS + _HEAD_SPLIT_OPS)})
     if attention == "block_sparse":
         kernels += _sparse_attention(arch, batch, seq, e, layer)
     else:
         kernels += _full_attention(arch, batch, seq, e, fused=attention == "sdpa", layer=layer)
     kernels += [
-        _linear("attention_output_projection", tokens, h, h, e, layer=layer),
+        _linear("attention_output_projection", tokens, h, h, e, layer=layer, modules=3),
         _elementwise("residual_add", ELEMENTWISE, tokens * h, 1, 3, e, host_ops=1, layer=layer),
         _elementwise(
-            "layer_norm", NORM, tokens * h, _NORM_FLOPS_PER_ELEMENT, 2, e, host_ops=1, layer=layer
+            "layer_norm",
+            NORM,
+            tokens * h,
+            _NORM_FLOPS_PER_ELEMENT,
+            2,
+            e,
+            host_ops=1,
+            layer=layer,
+            modules=1,
         ),
-        _linear("ffn_up", tokens, f, h, e, layer=layer),
+        _linear("ffn_up", tokens, f, h, e, layer=layer, modules=2),
         # gelu_new is eight separate elementwise kernels (pow, mul, add, mul, tanh, add, mul, mul)
         _elementwise(
             "ffn_activation",
@@ -352,11 +393,20 @@ def _layer(
             host_ops=act_ops,
             calls=act_ops,
             layer=layer,
+            modules=1,
         ),
-        _linear("ffn_down", tokens, h, f, e, layer=layer),
+        _linear("ffn_down", tokens, h, f, e, layer=layer, modules=3),
         _elementwise("residual_add", ELEMENTWISE, tokens * h, 1, 3, e, host_ops=1, layer=layer),
         _elementwise(
-            "layer_norm", NORM, tokens * h, _NORM_FLOPS_PER_ELEMENT, 2, e, host_ops=1, layer=layer
+            "layer_norm",
+            NORM,
+            tokens * h,
+            _NORM_FLOPS_PER_ELEMENT,
+            2,
+            e,
+            host_ops=1,
+            layer=layer,
+            modules=1,
         ),
     ]
     return kernels
@@ -392,7 +442,9 @@ def forward_cost(
     tokens = batch_size * seq
     h = arch.hidden_size
 
-    kernels = _embeddings(arch, batch_size, seq, e)
+    # the model and its encoder are module calls of their own
+    entry = Kernel("model_call", HOST, flops=0.0, bytes_moved=0.0, host_ops=0, module_calls=2)
+    kernels = [entry, *_embeddings(arch, batch_size, seq, e)]
     if arch.model_type == "big_bird":
         # input checks and the all-ones mask BigBirdModel builds; block-sparse adds mask reshapes
         # and, when the length is not a block multiple, pads ids, mask and token types.
@@ -400,16 +452,16 @@ def forward_cost(
         if seq != seq_len:
             extra += 4
         kernels.insert(
-            0,
+            1,
             Kernel(name="input_preparation", kind=HOST, flops=0.0, bytes_moved=0.0, host_ops=extra),
         )
     for layer in range(arch.num_layers):
         kernels += _layer(arch, batch_size, seq, e, kind, layer)
     if arch.has_pooler:
-        pooler = _linear("pooler", batch_size, h, h, e)
+        pooler = _linear("pooler", batch_size, h, h, e, modules=2)
         kernels.append(Kernel(**{**pooler.__dict__, "host_ops": 3}))  # select, t, addmm
         kernels.append(
-            _elementwise("pooler_tanh", ELEMENTWISE, batch_size * h, 4, 2, e, host_ops=1)
+            _elementwise("pooler_tanh", ELEMENTWISE, batch_size * h, 4, 2, e, host_ops=1, modules=1)
         )
 
     weight_bytes = arch.parameter_count() * e

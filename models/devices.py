@@ -14,7 +14,7 @@ measurement):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from scaleprobe.models.errors import InputError
@@ -30,11 +30,15 @@ DEFAULT_COPY_EFFICIENCY_RATIO = 0.87
 # Rows (min GEMM dimension) at which a GPU GEMM reaches half of its large-size rate: tensor-core
 # tiles are 128-256 wide, and small products leave most SMs idle.
 DEFAULT_GPU_GEMM_HALF_SIZE = 64.0
-# Host cost per dispatched aten op in eager PyTorch on a GPU host, Python module overhead
-# included: Fernandez et al. 2023 ("The Framework Tax", /work/shared/seeds) find BERT-base in
-# eager PyTorch framework-bound at small batch, latency flat near 10 ms on a V100/RTX-8000-class
-# GPU; a BERT-base forward dispatches about 480 aten ops, i.e. about 10-20 µs each. We take 10 µs.
-DEFAULT_GPU_DISPATCH_SECONDS = 10e-6
+# Host cost per dispatched aten op in eager PyTorch on a GPU host (dispatcher plus
+# cudaLaunchKernel, a few µs), and per nn.Module call (Python hooks and glue). Fernandez et al.
+# 2023 ("The Framework Tax", /work/shared/seeds) find BERT-base in eager PyTorch framework-bound
+# at small batch on datacentre GPUs, its latency flat in batch size at a few milliseconds; a
+# BERT-base forward dispatches about 480 aten ops in about 210 module calls, so 4 µs + 6 µs give
+# about 3.2 ms of host time. On this machine's CPU we measured 0.9 µs per tiny op and about
+# 8 µs per module call (bench/model_check.py notes).
+DEFAULT_GPU_DISPATCH_SECONDS = 4e-6
+DEFAULT_GPU_MODULE_SECONDS = 6e-6
 # Smallest device time of one GPU kernel (launch latency, tail of an almost empty grid).
 DEFAULT_GPU_KERNEL_FLOOR_SECONDS = 3e-6
 # CUDA context, allocator slack and workspace held besides weights and activations.
@@ -131,9 +135,10 @@ class DeviceParams:
       bytes / memory_bandwidth) + kernel_floor`` with ``x`` the smallest of its m, n, k;
     - elementwise, norm, softmax, gather: ``bytes / (memory_bandwidth ·
       elementwise_bandwidth_ratio) + kernel_floor``.
-    Host time is ``host_ops · dispatch_seconds``. With ``overlap`` (a GPU) host and device run
-    concurrently, a kernel starting when both its launch and the previous kernel are done; without
-    (a CPU) the same threads dispatch and compute, so the times add.
+    Host time is ``host_ops · dispatch_seconds + module_calls · module_seconds``. With
+    ``overlap`` (a GPU) host and device run concurrently, a kernel starting when both its launch
+    and the previous kernel are done; without (a CPU) the same threads dispatch and compute, so
+    the times add.
     """
 
     name: str
@@ -148,6 +153,7 @@ class DeviceParams:
     gemm_half_size: float = 32.0
     elementwise_bandwidth_ratio: float = 1.0
     reserved_memory_bytes: int = 0
+    module_seconds: float = 0.0  # host cost of one nn.Module call (Python), besides its ops
     source: str = "probes"  # "probes", "datasheet", "refit", "transfer"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -215,7 +221,12 @@ class DeviceParams:
         ):
             if key in data:
                 _positive(data[key], key)
-        for key in ("dispatch_seconds", "kernel_floor_seconds", "reserved_memory_bytes"):
+        for key in (
+            "dispatch_seconds",
+            "kernel_floor_seconds",
+            "reserved_memory_bytes",
+            "module_seconds",
+        ):
             if key in data:
                 _non_negative(data[key], key)
         if data["kind"] not in ("cpu", "gpu"):
@@ -267,6 +278,7 @@ def params_from_spec(spec: DeviceSpec, dtype: str | None = None) -> DeviceParams
         gemm_half_size=DEFAULT_GPU_GEMM_HALF_SIZE,
         elementwise_bandwidth_ratio=0.8,
         reserved_memory_bytes=DEFAULT_GPU_RESERVED_BYTES,
+        module_seconds=DEFAULT_GPU_MODULE_SECONDS,
         source="datasheet",
     )
 
@@ -292,4 +304,12 @@ def cpu_params(
         gemm_half_size=32.0,
         elementwise_bandwidth_ratio=1.0,
         source="probes",
+    )
+
+
+def without_host_overhead(params: DeviceParams) -> DeviceParams:
+    """The same device running a compiled forward (CUDA graph replay, TensorRT, torch.compile
+    with graphs): no per-op or per-module host cost; the per-kernel device floor remains."""
+    return replace(
+        params, dispatch_seconds=0.0, module_seconds=0.0, source=f"{params.source}+compiled"
     )

@@ -28,13 +28,15 @@ from scaleprobe.models.devices import DeviceParams, DeviceSpec, params_from_spec
 from scaleprobe.models.errors import InputError
 from scaleprobe.models.predict import time_forward
 
-# Host cost of an op inside a model forward, relative to the dispatch probe's tight loop of tiny
-# ops: nn.Module calls, Python glue and views between the ops (measured in bench/model_check.py).
-DEFAULT_HOST_FACTOR = 1.0
+# Host cost of one nn.Module call (Python: __call__, hooks, HF's decorators) relative to the
+# dispatch probe's cost per tiny op: on this machine 0.9 µs per op, about 8 µs per module call
+# (a 12-layer hidden-32 BERT, compute negligible: 2.2 ms for 482 ops in 212 module calls).
+DEFAULT_MODULE_FACTOR = 9.0
 # Elementwise kernels of a forward run below the copy probe's streaming bandwidth (several
 # passes over small tensors, reductions in LayerNorm/softmax, GELU's arithmetic).
 DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO = 0.5
-DEFAULT_CPU_GEMM_HALF_SIZE = 48.0
+DEFAULT_CPU_GEMM_HALF_SIZE = 32.0
+MIN_CURVE_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -99,12 +101,20 @@ def gemm_half_size_from_rates(
     """Fit ``rate(x) = peak · x / (x + half)`` to the probe's rates at several sizes (x = min dim).
 
     Each size below the peak gives ``half = x · (peak / rate - 1)``; the geometric mean is robust
-    to one noisy size. None when no size is clearly below the peak.
+    to one noisy size. Sizes under ``MIN_CURVE_SIZE`` are left out: a 32³ product is 65 kFLOP,
+    a few µs, and its time is the library's per-call set-up, not the efficiency curve (on this
+    CPU it alone would put the half size at ~300 where forward passes say ~30). None when no
+    size is clearly below the peak.
     """
     estimates = []
+    # sizes above the one that reached the peak carry no curve information (a larger product
+    # that ran slower was disturbed, or spilled a cache)
+    peak_size = max(
+        (float(min(m, n, k)) for m, n, k, rate in rates if rate >= peak), default=float("inf")
+    )
     for m, n, k, rate in rates:
         x = float(min(m, n, k))
-        if 0 < rate < 0.97 * peak:
+        if MIN_CURVE_SIZE <= x < peak_size and 0 < rate < 0.97 * peak:
             estimates.append(x * (peak / rate - 1.0))
     if not estimates:
         return None
@@ -152,7 +162,8 @@ def calibrate(
         kind=kind,
         compute_flops_per_second=dict(probes.compute_flops_per_second),
         memory_bandwidth_bytes_per_second=probes.memory_bandwidth_bytes_per_second,
-        dispatch_seconds=dispatch * DEFAULT_HOST_FACTOR,
+        dispatch_seconds=dispatch,
+        module_seconds=dispatch * DEFAULT_MODULE_FACTOR,
         kernel_floor_seconds=floor if gpu else 0.0,
         overlap=gpu,
         memory_bytes=int(memory_bytes),
@@ -245,6 +256,7 @@ def apply_multipliers(params: DeviceParams, theta: Sequence[float] | np.ndarray)
         gemm_half_size=params.gemm_half_size * half,
         elementwise_bandwidth_ratio=params.elementwise_bandwidth_ratio * elementwise,
         dispatch_seconds=params.dispatch_seconds * dispatch,
+        module_seconds=params.module_seconds * dispatch,
     )
 
 

@@ -82,14 +82,16 @@ def time_forward(cost: ForwardCost, params: DeviceParams) -> Timing:
     host_clock = device_clock = 0.0
     for kernel in cost.kernels:
         device, is_compute = kernel_device_seconds(kernel, params, cost.dtype)
-        host = kernel.host_ops * params.dispatch_seconds
+        host = (
+            kernel.host_ops * params.dispatch_seconds + kernel.module_calls * params.module_seconds
+        )
         host_total += host
         device_total += device
         if is_compute:
             compute_bound += device
         else:
             memory_bound += device
-        if params.overlap and kernel.calls > 0:
+        if params.overlap:
             # `calls` identical launches: each call's host share issues it, the device runs it
             # when free. For n identical (h, d) calls the queue ends at
             # max(host_clock + n·h, device_clock) + ... ; simulated per call for exactness.
