@@ -112,13 +112,16 @@ def select_points(
     Never-measured points come before measured ones, so the whole grid gets measured over a few
     cycles and then rotates. Among points that tie (on a first cycle: all of them) the order
     interleaves the models, cheapest point of each first: the first cycle measures at least one
-    cheap point per model (given ``points_per_cycle`` >= the number of models), so every model
-    has a measurement early. The worker runs them in this order and skips what exceeds the
+    cheap point per model (beyond ``points_per_cycle`` if there are more models), so every
+    model has a measurement early. The worker runs them in this order and skips what exceeds the
     budget; skipped points stay unmeasured and come first next time.
     """
-    count = config.points_per_cycle if count is None else count
     params = _params_of(previous)
     last = _last_measured(previous)
+    if count is None:
+        # every model gets a measurement early, even with fewer points per cycle than models
+        unmeasured = {m.name for m in config.models} - {key[0] for key in last}
+        count = max(config.points_per_cycle, len(unmeasured))
     candidates: list[tuple[float, int, int, PlannedPoint]] = []
     for model_index, model in enumerate(config.models):
         architecture = architectures[model.name]

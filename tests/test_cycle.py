@@ -66,6 +66,16 @@ def test_first_cycle_measures_the_cheapest_point_of_every_model(
     assert all((p.batch_size, p.seq_len) == smallest for p in first_three)
 
 
+def test_every_model_is_measured_first_even_with_fewer_points_than_models(
+    config: Config, architectures: dict
+) -> None:
+    few = replace(config, points_per_cycle=1)
+    points = select_points(few, None, architectures, "float32")
+    assert sorted(p.model for p in points) == sorted(m.name for m in config.models)
+    state = cycles(few, 1).state
+    assert len(select_points(few, state, architectures, "float32")) == 1
+
+
 def test_rotation_covers_the_whole_grid_then_repeats_the_oldest(config: Config) -> None:
     grid_size = len(config.models) * len(config.grid())
     needed = math.ceil(grid_size / config.points_per_cycle)
