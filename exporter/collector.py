@@ -119,6 +119,14 @@ SPECS: tuple[MetricSpec, ...] = (
         "off its retries as this grows.",
     ),
     MetricSpec(
+        "scaleprobe_guard_checked",
+        "gauge",
+        ("device",),
+        "1 if the probe worker's guard read the device's utilisation and free memory through "
+        "NVML before the latest cycle's probes; 0 if it could not (NVML missing or failing, or "
+        "a CPU, which has nothing to read): the probes then ran without that politeness check.",
+    ),
+    MetricSpec(
         "scaleprobe_probe_compute_flops_per_second",
         "gauge",
         ("device", "dtype"),
@@ -442,6 +450,8 @@ def _render_device(out: _Families, device: DeviceState) -> None:
     )
     out.add("scaleprobe_last_cycle_timestamp_seconds", [name], device.last_cycle_timestamp_seconds)
     out.add("scaleprobe_cycle_consecutive_failures", [name], device.consecutive_failures)
+    checked = device.guard.get("checked")
+    out.add("scaleprobe_guard_checked", [name], None if checked is None else float(bool(checked)))
     _render_calibration(out, name, device.history)
     for model in device.models:
         _render_model(out, name, model)

@@ -108,6 +108,7 @@ def sample_snapshot() -> Snapshot:
         probe_duration_seconds={"compute": 0.9, "memory": 0.5, "dispatch": 0.25, "model": 3.0},
         probe_device_seconds_total=42.5,
         environment={"torch_version": "2.13.0+cpu", "threads": 2},
+        guard={"checked": False, "reason": "no NVML on a CPU device"},
         last_cycle_timestamp_seconds=CREATED_AT_SECONDS - 5,
         last_cycle_outcome="ok",
     )
