@@ -154,6 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DTYPE",
         help="float32, float16 or bfloat16 (default: float16 on a GPU, the calibrated dtype else)",
     )
+    predict.add_argument(
+        "--runtime",
+        default="eager",
+        choices=["eager", "compiled"],
+        help="eager PyTorch (default; pays host dispatch per op) or compiled "
+        "(CUDA graphs / TensorRT: no host overhead)",
+    )
+    predict.add_argument(
+        "--memory-bytes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="device memory to plan against (default: the device's)",
+    )
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     gpus = sub.add_parser("gpus", help="list the device catalog (datasheet figures)")
