@@ -330,3 +330,27 @@ def test_json_logs(tmp_path: Path) -> None:
     done = [line for line in lines if line["msg"] == "cycle done"]
     assert done and done[0]["device"] == "cpu" and done[0]["probe"] == "cycle"
     assert all({"ts", "level", "msg"} <= set(line) for line in lines)
+
+
+def test_logfmt_lines_quote_what_needs_quoting() -> None:
+    import io
+    import logging
+
+    from scaleprobe.exporter.logs import setup_logging
+
+    stream = io.StringIO()
+    handler = setup_logging("debug", "logfmt", stream)
+    try:
+        logging.getLogger("scaleprobe.test").warning(
+            "cycle failed",
+            extra={"device": "cuda:0", "probe": "cycle", "reason": 'a "quoted"\nline', "n": 1.5},
+        )
+        logging.getLogger("scaleprobe.test").debug("quiet", extra={"device": "cpu"})
+    finally:
+        logging.getLogger("scaleprobe").removeHandler(handler)
+    first, second = stream.getvalue().splitlines()
+    assert re.match(r"^ts=\S+Z level=warn logger=scaleprobe.test ", first)
+    assert (
+        'msg="cycle failed" device=cuda:0 probe=cycle reason="a \\"quoted\\"\\nline" n=1.5' in first
+    )
+    assert "level=debug" in second and "msg=quiet device=cpu" in second
