@@ -10,27 +10,28 @@ n = 2048 (17 GFLOP, tens of milliseconds on two cores: ``bench/probe_quality.py`
 sizes gain nothing here). The size halves until the three operands fit in ``memory_cap_bytes``.
 
 It also times 2–3 smaller square products (32, 128, 512 on the CPU; 512–2048 on a GPU, each
-sample a loop of at least 2·256³ FLOP so a clock read is negligible), reported in
+sample a loop of at least 2·128³ FLOP so a clock read is negligible), reported in
 ``detail["rates_by_size"]``: transformer layers at small batch × sequence run products far below
 the peak rate, and the performance model calibrates its small-GEMM efficiency from these.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 import torch
 from scaleprobe.probes.device import default_timer, dtype_bytes, torch_dtype
 from scaleprobe.probes.request import ProbeRequest, ProbeResult
-from scaleprobe.probes.timing import Timer, measure
+from scaleprobe.probes.timing import Measurement, Timer, TimingRequest, measure
 
 GPU_SIZE = 8192
 CPU_SIZE = 2048
 GPU_SMALL_SIZES = (512, 1024, 2048)
 CPU_SMALL_SIZES = (32, 128, 512)
 # Small products are timed in loops so one sample is long enough to read a clock around it.
-LOOP_FLOPS = 2 * 256**3
+LOOP_FLOPS = 2 * 128**3
 # Share of the timing budget spent on the large product; the small sizes share the rest.
 LARGE_SHARE = 0.7
 
@@ -43,24 +44,33 @@ def size_under_cap(size: int, dtype: str, memory_cap_bytes: int) -> int:
 
 
 def _rate(
-    n: int, request: ProbeRequest, timer: Timer, budget_seconds: float, threads: int
-) -> tuple[float, Any]:
+    n: int,
+    request: ProbeRequest,
+    timer: Timer,
+    timing: TimingRequest,
+    threads: int,
+    clock: Callable[[], float],
+) -> tuple[float, Measurement]:
     dtype = torch_dtype(request.dtype)
     a = torch.randn(n, n, dtype=dtype, device=request.device)
     b = torch.randn(n, n, dtype=dtype, device=request.device)
     out = torch.empty(n, n, dtype=dtype, device=request.device)
-    timing = replace(request.timing, budget_seconds=budget_seconds)
     loops = max(1, LOOP_FLOPS // (2 * n**3))
 
     def products() -> None:
         for _ in range(loops):
             torch.mm(a, b, out=out)
 
-    measurement = measure(products, timing, timer, threads=threads)
+    measurement = measure(products, timing, timer, clock=clock, threads=threads)
     return 2.0 * n**3 * loops / measurement.median_seconds, measurement
 
 
-def run(request: ProbeRequest, *, timer: Timer | None = None) -> ProbeResult:
+def run(
+    request: ProbeRequest,
+    *,
+    timer: Timer | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> ProbeResult:
     """Time a large square matrix product, then a few small ones; FLOP/s from the median."""
     timer = timer if timer is not None else default_timer(request.device)
     threads = torch.get_num_threads()
@@ -68,13 +78,28 @@ def run(request: ProbeRequest, *, timer: Timer | None = None) -> ProbeResult:
         GPU_SIZE if request.is_cuda else CPU_SIZE, request.dtype, request.memory_cap_bytes
     )
     budget = request.timing.budget_seconds
-    flops_per_second, measurement = _rate(size, request, timer, budget * LARGE_SHARE, threads)
+    started = clock()
+    large_timing = replace(
+        request.timing,
+        budget_seconds=budget * LARGE_SHARE,
+        max_seconds=None
+        if request.timing.max_seconds is None
+        else request.timing.max_seconds * LARGE_SHARE,
+    )
+    flops_per_second, measurement = _rate(size, request, timer, large_timing, threads, clock)
     small_sizes = [n for n in (GPU_SMALL_SIZES if request.is_cuda else CPU_SMALL_SIZES) if n < size]
     rates_by_size = []
     other_device_seconds = 0.0
+    skipped_sizes = []
     for n in small_sizes:
-        share = budget * (1 - LARGE_SHARE) / len(small_sizes)
-        rate, small = _rate(n, request, timer, share, threads)
+        # The small sizes share what is left of the budget; on a loaded host there may be none.
+        left = budget - (clock() - started)
+        if left <= 0:
+            skipped_sizes.append(n)
+            continue
+        share = left / (len(small_sizes) - small_sizes.index(n))
+        small_timing = replace(request.timing, budget_seconds=share, max_seconds=2 * share)
+        rate, small = _rate(n, request, timer, small_timing, threads, clock)
         other_device_seconds += small.device_seconds
         rates_by_size.append({"m": n, "n": n, "k": n, "flops_per_second": rate})
     rates_by_size.append({"m": size, "n": size, "k": size, "flops_per_second": flops_per_second})
@@ -84,6 +109,12 @@ def run(request: ProbeRequest, *, timer: Timer | None = None) -> ProbeResult:
         unit="flops_per_second",
         measurement=measurement,
         dtype=request.dtype,
-        detail={"m": size, "n": size, "k": size, "rates_by_size": rates_by_size},
+        detail={
+            "m": size,
+            "n": size,
+            "k": size,
+            "rates_by_size": rates_by_size,
+            "skipped_sizes": skipped_sizes,
+        },
         other_device_seconds=other_device_seconds,
     )

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from scaleprobe.probes import compute, dispatch, memory
 from scaleprobe.probes.request import ProbeRequest, ProbeResult
+from scaleprobe.probes.timing import TimingRequest
 
 CALIBRATION_PROBES: dict[str, Callable[[ProbeRequest], ProbeResult]] = {
     "compute": compute.run,
@@ -18,8 +19,17 @@ CALIBRATION_PROBES: dict[str, Callable[[ProbeRequest], ProbeResult]] = {
     "dispatch": dispatch.run,
 }
 
-# Timing budget (seconds of repeats after warm-up) per probe and device kind.
+# Timing budget (wall seconds, warm-up included) per probe and device kind. A probe overshoots its
+# budget by at most one sample, or by its minimum repeats when samples are slow (a loaded host).
 BUDGET_SECONDS = {
-    "cpu": {"compute": 1.5, "memory": 0.8, "dispatch": 0.4},
+    "cpu": {"compute": 1.2, "memory": 0.6, "dispatch": 0.3},
     "cuda": {"compute": 0.3, "memory": 0.2, "dispatch": 0.2},
 }
+
+
+def probe_timing(name: str, device: str) -> TimingRequest:
+    """How the worker times calibration probe ``name``: its budget, and a hard stop at twice it."""
+    budget = BUDGET_SECONDS["cuda" if device.startswith("cuda") else "cpu"][name]
+    return TimingRequest(
+        warmup=1, min_repeats=3, max_repeats=200, budget_seconds=budget, max_seconds=2 * budget
+    )

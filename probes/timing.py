@@ -35,14 +35,18 @@ MAX_SAMPLES_KEPT = 50
 class TimingRequest:
     """How to time one callable.
 
-    The harness runs ``warmup`` untimed-for-the-result calls, then repeats until it has at least
-    ``min_repeats`` samples and either ``max_repeats`` samples or ``budget_seconds`` of wall time.
+    The harness runs ``warmup`` calls (timed, but kept out of the samples), then repeats until it
+    has at least ``min_repeats`` samples and either ``max_repeats`` samples or ``budget_seconds``
+    of wall time since the start of the warm-up.
     """
 
     warmup: int = 1
     min_repeats: int = 3
     max_repeats: int = 50
     budget_seconds: float = 1.0
+    # A hard limit that ends the run even below ``min_repeats`` (one sample is always kept):
+    # on a loaded host slow samples must not stretch a probe far past its share of the cycle.
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.min_repeats < 1 or self.max_repeats < self.min_repeats:
@@ -51,6 +55,8 @@ class TimingRequest:
             )
         if self.budget_seconds < 0:
             raise ValueError(f"bad timing request {self}: budget_seconds must be >= 0")
+        if self.max_seconds is not None and self.max_seconds < self.budget_seconds:
+            raise ValueError(f"bad timing request {self}: max_seconds must be >= budget_seconds")
 
 
 @dataclass(frozen=True)
@@ -183,12 +189,15 @@ def measure(
     ``threads`` and ``clocks`` are recorded with the result, because both change the figure.
     """
     timer = timer if timer is not None else HostTimer(clock=clock)
+    started = clock()  # the budget includes the warm-up: it bounds the probe's whole device time
     warmup_seconds = sum(timer.time(fn) for _ in range(request.warmup))
     samples: list[float] = []
-    started = clock()
     while len(samples) < request.max_repeats:
         samples.append(timer.time(fn))
-        if len(samples) >= request.min_repeats and clock() - started >= request.budget_seconds:
+        elapsed = clock() - started
+        if len(samples) >= request.min_repeats and elapsed >= request.budget_seconds:
+            break
+        if request.max_seconds is not None and elapsed >= request.max_seconds:
             break
     return Measurement(
         samples_seconds=tuple(samples),

@@ -181,7 +181,7 @@ def run_request(
     import transformers
     from scaleprobe.probes import model as model_probe
     from scaleprobe.probes.guard import Guard, run_guarded
-    from scaleprobe.probes.registry import BUDGET_SECONDS, CALIBRATION_PROBES
+    from scaleprobe.probes.registry import CALIBRATION_PROBES, probe_timing
     from scaleprobe.probes.request import ProbeRequest
     from scaleprobe.probes.timing import TimingRequest
 
@@ -193,7 +193,6 @@ def run_request(
         nvml=nvml,
     )
     cap_note = guard.apply_memory_cap(request.memory_cap_bytes)
-    kind = "cuda" if request.device.startswith("cuda") else "cpu"
     probe_names = list(CALIBRATION_PROBES) if request.calibrate else []
     progress = Progress(len(probe_names) + len(request.points), progress_stream)
     spent_device_seconds = 0.0
@@ -204,9 +203,7 @@ def run_request(
             device=request.device,
             dtype=request.dtype,
             memory_cap_bytes=request.memory_cap_bytes,
-            timing=TimingRequest(
-                warmup=1, min_repeats=3, max_repeats=200, budget_seconds=BUDGET_SECONDS[kind][name]
-            ),
+            timing=probe_timing(name, request.device),
         )
         probe = CALIBRATION_PROBES[name]
         entry = {"probe": name, "dtype": request.dtype}

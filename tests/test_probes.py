@@ -19,7 +19,22 @@ from scaleprobe.probes.registry import BUDGET_SECONDS, CALIBRATION_PROBES
 from scaleprobe.probes.request import ProbeRequest
 from scaleprobe.probes.timing import TimingRequest
 
-from tests.fakes import FakeCuda, device_work
+from tests.fakes import FakeClock, FakeCuda, device_work
+
+
+class PacedTimer:
+    """A timer that does not run the work: each call "takes" a fixed time on a fake clock."""
+
+    name = "paced"
+
+    def __init__(self, clock: FakeClock, seconds_per_call: float) -> None:
+        self.clock = clock
+        self.seconds_per_call = seconds_per_call
+
+    def time(self, fn: object) -> float:
+        self.clock.advance(self.seconds_per_call)
+        return self.seconds_per_call
+
 
 QUICK = TimingRequest(warmup=1, min_repeats=3, max_repeats=10, budget_seconds=0.05)
 TINY_BERT = {
@@ -45,12 +60,36 @@ def test_compute_rate_is_flops_over_the_median_sample() -> None:
     assert n == compute.CPU_SIZE
     assert result.value == pytest.approx(2 * n**3 / result.measurement.median_seconds)
     sizes = [row["n"] for row in result.detail["rates_by_size"]]
-    assert sizes == [*compute.CPU_SMALL_SIZES, n]
+    assert sizes[-1] == n  # the large product last; small sizes as far as the budget allowed
+    assert sorted(sizes[:-1] + result.detail["skipped_sizes"]) == list(compute.CPU_SMALL_SIZES)
     assert all(row["flops_per_second"] > 0 for row in result.detail["rates_by_size"])
     assert result.measurement.threads == torch.get_num_threads()
     entry = result.to_dict()
     assert entry["unit"] == "flops_per_second"
-    assert entry["device_seconds"] > result.measurement.device_seconds  # small sizes counted
+
+
+def test_compute_shares_its_budget_between_the_large_and_the_small_products() -> None:
+    clock = FakeClock()
+    timer = PacedTimer(clock, seconds_per_call=0.01)
+    timing = TimingRequest(warmup=1, min_repeats=3, max_repeats=1000, budget_seconds=1.0)
+    result = compute.run(ProbeRequest(timing=timing), timer=timer, clock=clock)
+    sizes = [row["n"] for row in result.detail["rates_by_size"]]
+    assert sizes == [*compute.CPU_SMALL_SIZES, compute.CPU_SIZE]
+    assert result.detail["skipped_sizes"] == []
+    # The large product got its share (0.7 s at 10 ms a call), the small ones the rest.
+    assert result.measurement.device_seconds == pytest.approx(0.7, abs=0.011)
+    assert result.device_seconds == pytest.approx(1.0, abs=0.05)
+    assert result.value == pytest.approx(2 * compute.CPU_SIZE**3 / 0.01)
+
+
+def test_compute_drops_small_sizes_when_the_large_product_spent_the_budget() -> None:
+    clock = FakeClock()
+    timing = TimingRequest(warmup=1, min_repeats=3, max_repeats=10, budget_seconds=1.0)
+    result = compute.run(
+        ProbeRequest(timing=timing), timer=PacedTimer(clock, seconds_per_call=0.5), clock=clock
+    )
+    assert result.detail["skipped_sizes"] == list(compute.CPU_SMALL_SIZES)
+    assert [row["n"] for row in result.detail["rates_by_size"]] == [compute.CPU_SIZE]
 
 
 def test_compute_sizes_itself_under_the_memory_cap() -> None:
@@ -73,6 +112,10 @@ def test_memory_buffer_is_several_times_the_last_level_cache() -> None:
     assert size >= memory.BUFFER_LLC_MULTIPLE * llc
     assert not result.detail["cache_resident_risk"]
     assert result.value == pytest.approx(2 * size / result.measurement.median_seconds)
+    by_method = result.detail["bytes_per_second_by_method"]
+    assert set(by_method) == {"torch_copy", "memcpy"}
+    assert result.value == max(by_method.values())
+    assert result.detail["method"] == max(by_method, key=by_method.get)
 
 
 def test_memory_buffers_stay_under_the_cap_and_say_when_cache_may_hold_them() -> None:
@@ -194,10 +237,11 @@ def test_a_config_without_model_type_is_refused() -> None:
 def test_cpu_overhead_counts_host_time_outside_kernels() -> None:
     """The profiler method sees host-side waiting as overhead and a big product as kernel time."""
     a = torch.randn(768, 768)
+    one = torch.ones(1)
 
     def host_bound() -> object:
         time.sleep(0.02)  # Python-side work, no aten op
-        return a.sum()
+        return one + 1  # a one-element op: no thread pool to wake
 
     def kernel_bound() -> object:
         return torch.mm(a, a)

@@ -62,6 +62,17 @@ def test_stops_at_the_budget_once_min_repeats_are_in() -> None:
     assert len(result.samples_seconds) == 3
 
 
+def test_the_budget_counts_the_warmup() -> None:
+    clock = FakeClock()
+    result = measure(
+        lambda: None,
+        TimingRequest(warmup=2, min_repeats=1, max_repeats=100, budget_seconds=1.0),
+        ScriptedTimer([0.6, 0.6] + [0.1] * 100, clock),
+        clock=clock,
+    )
+    assert len(result.samples_seconds) == 1  # 1.2 s of warm-up already spent the budget
+
+
 def test_min_repeats_win_over_an_exhausted_budget() -> None:
     clock = FakeClock()
     result = measure(
