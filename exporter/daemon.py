@@ -184,8 +184,8 @@ class Daemon:
                     devices=snapshot.devices,
                     state_write_errors_total=snapshot.state_write_errors_total,
                 )
-            self._snapshot = snapshot
-            self._save_locked()
+            # written before it is served: what a scrape has seen survives a kill -9
+            self._save_locked(snapshot)
 
     def _say_guard(self, device: str, guard: dict[str, Any]) -> None:
         """Log once (not every cycle) that a GPU's guard cannot read NVML, and when it can again.
@@ -211,11 +211,12 @@ class Daemon:
         with self._write_lock:
             return self._save_locked()
 
-    def _save_locked(self) -> bool:
+    def _save_locked(self, snapshot: Snapshot | None = None) -> bool:
+        """Write ``snapshot`` (default: the current one), then serve it, counting a failure."""
+        current = self._snapshot if snapshot is None else snapshot
         try:
-            save_snapshot(self._snapshot, self.state_path)
+            save_snapshot(current, self.state_path)
         except OSError as error:
-            current = self._snapshot
             self._snapshot = Snapshot(
                 created_at_seconds=current.created_at_seconds,
                 build=current.build,
@@ -227,6 +228,7 @@ class Daemon:
                 extra={"path": str(self.state_path), "error": str(error)},
             )
             return False
+        self._snapshot = current
         return True
 
 
