@@ -18,6 +18,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -115,6 +116,43 @@ def test_kill_9_during_writes_never_leaves_a_half_written_state_file(tmp_path: P
     assert load_snapshot(path) is not None
     assert _temporaries(tmp_path) == []
     assert not list(tmp_path.glob("state.json.corrupt-*"))
+
+
+def test_a_snapshot_is_on_disk_before_any_scrape_can_see_it(tmp_path: Path) -> None:
+    """Persist, then publish: a kill -9 right after a scrape never loses what the scrape saw.
+
+    A thread watches ``daemon.snapshot()`` (what every scrape reads) while a cycle runs; the
+    moment the calibrated snapshot appears, the state file must already hold it.
+    """
+    config = replace(
+        default_config(devices=("cpu",)),
+        worker_command=(sys.executable, FAKE_WORKER),
+        worker_timeout_seconds=30.0,
+    )
+    path = tmp_path / "state.json"
+    daemon = Daemon(config, ("cpu",), state_path=path)
+    seen: list[Snapshot | None] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            current = daemon.snapshot()
+            if current.devices[0].up:
+                seen.append(load_snapshot(path) if path.exists() else None)
+                seen.append(current)
+                return
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        daemon.run_cycles()
+    finally:
+        watcher.join(timeout=10)  # it returns once it has seen the calibrated snapshot
+        done.set()
+    assert len(seen) == 2, "the watcher never saw the calibrated snapshot"
+    on_disk, served = seen
+    assert on_disk is not None, "served before it was written"
+    assert served is not None and on_disk.devices == served.devices
 
 
 # --- unusable state files at start ---------------------------------------------------------------
