@@ -60,8 +60,8 @@ def test_compute_rate_is_flops_over_the_median_sample() -> None:
     assert n == compute.CPU_SIZE
     assert result.value == pytest.approx(2 * n**3 / result.measurement.median_seconds)
     sizes = [row["n"] for row in result.detail["rates_by_size"]]
-    assert sizes[-1] == n  # the large product last; small sizes as far as the budget allowed
-    assert sorted(sizes[:-1] + result.detail["skipped_sizes"]) == list(compute.CPU_SMALL_SIZES)
+    assert sizes == [*compute.CPU_SMALL_SIZES, n]
+    assert result.to_dict()["device_seconds"] > result.measurement.device_seconds  # small ones too
     assert all(row["flops_per_second"] > 0 for row in result.detail["rates_by_size"])
     assert result.measurement.threads == torch.get_num_threads()
     entry = result.to_dict()
@@ -75,21 +75,27 @@ def test_compute_shares_its_budget_between_the_large_and_the_small_products() ->
     result = compute.run(ProbeRequest(timing=timing), timer=timer, clock=clock)
     sizes = [row["n"] for row in result.detail["rates_by_size"]]
     assert sizes == [*compute.CPU_SMALL_SIZES, compute.CPU_SIZE]
-    assert result.detail["skipped_sizes"] == []
     # The large product got its share (0.7 s at 10 ms a call), the small ones the rest.
     assert result.measurement.device_seconds == pytest.approx(0.7, abs=0.011)
     assert result.device_seconds == pytest.approx(1.0, abs=0.05)
     assert result.value == pytest.approx(2 * compute.CPU_SIZE**3 / 0.01)
 
 
-def test_compute_drops_small_sizes_when_the_large_product_spent_the_budget() -> None:
+def test_compute_measures_small_sizes_even_after_a_slow_large_product() -> None:
     clock = FakeClock()
-    timing = TimingRequest(warmup=1, min_repeats=3, max_repeats=10, budget_seconds=1.0)
+    timing = TimingRequest(
+        warmup=1, min_repeats=3, max_repeats=10, budget_seconds=1.0, max_seconds=2.0
+    )
     result = compute.run(
         ProbeRequest(timing=timing), timer=PacedTimer(clock, seconds_per_call=0.5), clock=clock
     )
-    assert result.detail["skipped_sizes"] == list(compute.CPU_SMALL_SIZES)
-    assert [row["n"] for row in result.detail["rates_by_size"]] == [compute.CPU_SIZE]
+    assert [row["n"] for row in result.detail["rates_by_size"]] == [
+        *compute.CPU_SMALL_SIZES,
+        compute.CPU_SIZE,
+    ]
+    # Hard stops: the large product at 0.7 × 2 s (warm-up + 2 samples = 1.5 s), each small size
+    # at 2 × its 0.1 s share (warm-up + 1 sample = 1.0 s), instead of 4 calls each.
+    assert clock() == pytest.approx(1.5 + 3 * 1.0)
 
 
 def test_compute_sizes_itself_under_the_memory_cap() -> None:
