@@ -31,6 +31,7 @@ which is how a change to ``scaleprobe.models`` is checked against the same groun
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -106,14 +107,20 @@ def two_points(batch_sizes: Sequence[int], seq_lens: Sequence[int]) -> list[tupl
     return [(max(batch_sizes), max(seq_lens)), (min(batch_sizes), min(seq_lens))]
 
 
+# The cross-setting subset stops at this many tokens per forward: one thread runs the largest
+# points at half speed, and the subset only needs to span the framework- to compute-bound range.
+CROSS_MAX_TOKENS = 2048
+
+
 def cross_subset(batch_sizes: Sequence[int], seq_lens: Sequence[int]) -> list[tuple[int, int]]:
-    """Smallest, middle and largest batch × sequence: 9 points (fewer on a small grid)."""
+    """Smallest, middle and largest batch × sequence, up to ``CROSS_MAX_TOKENS`` tokens."""
 
     def three(values: Sequence[int]) -> list[int]:
         ordered = sorted(set(values))
         return sorted({ordered[0], ordered[len(ordered) // 2], ordered[-1]})
 
-    return [(b, s) for b in three(batch_sizes) for s in three(seq_lens)]
+    points = [(b, s) for b in three(batch_sizes) for s in three(seq_lens)]
+    return [p for p in points if p[0] * p[1] <= CROSS_MAX_TOKENS] or points[:1]
 
 
 def plan(args: argparse.Namespace, threads: int) -> tuple[list[PointKey], dict[str, Any]]:
@@ -366,6 +373,27 @@ def score(data: Mapping[str, Any]) -> dict[str, Any]:
                 "mape": mape(e for v in rows.values() for e in v),
             }
     result["noise_floor"] = noise
+    other_run = data.get("other_run_points")
+    if other_run:
+        # a second, separate run of the same grid (--noise-against): drift between runs included
+        theirs = {
+            PointKey(p["model"], p["batch_size"], p["seq_len"], p["dtype"], p["threads"]): p
+            for p in other_run
+        }
+        between: dict[str, Any] = {}
+        for model in models:
+            rows = {}
+            for key in grid[model]:
+                if key in theirs and key in scorer.points:
+                    rows.setdefault(str(key.batch_size), []).append(
+                        throughput_error(scorer.measured(key), theirs[key]["latency_seconds"])
+                    )
+            if rows:
+                between[model] = {
+                    "by_batch": {b: mape(v) for b, v in rows.items()},
+                    "mape": mape(e for v in rows.values() for e in v),
+                }
+        result["noise_floor_between_runs"] = between
 
     # the probes-only error under each calibration on its own (how much one calibration varies)
     spread = []
@@ -506,6 +534,12 @@ def render(data: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
         if noise:
             cells = [pct(noise["by_batch"].get(b)) for b in batches]
             lines.append("| noise floor | " + " | ".join(cells) + f" | {pct(noise['mape'])} |")
+        between = (scores.get("noise_floor_between_runs") or {}).get(model)
+        if between:
+            cells = [pct(between["by_batch"].get(b)) for b in batches]
+            lines.append(
+                "| noise floor, two runs | " + " | ".join(cells) + f" | {pct(between['mape'])} |"
+            )
         lines.append("")
     spread = scores.get("probes_per_calibration") or []
     if spread:
@@ -548,6 +582,31 @@ def render(data: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def detail(data: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
+    """Every measured point against the probes-only and the in-sample refit prediction."""
+    scorer = Scorer(data)
+    main = DeviceParams.from_dict(scores["calibration"])
+    lines = [
+        f"{'model':22} {'b':>3} {'s':>4} {'dtype':8} {'t':>1} {'measured_ms':>11} "
+        f"{'probes':>7} {'overhead':>8} {'rounds spread':>13}"
+    ]
+    for key, point in sorted(scorer.points.items(), key=lambda kv: dataclasses.astuple(kv[0])):
+        if (
+            key.dtype not in main.compute_flops_per_second
+            or key.threads != data["settings"]["threads"]
+        ):
+            continue
+        latencies = [r["latency_seconds"] for r in point["rounds"]]
+        spread = (max(latencies) - min(latencies)) / point["latency_seconds"]
+        overhead = point.get("framework_overhead_ratio")
+        lines.append(
+            f"{key.model:22} {key.batch_size:3} {key.seq_len:4} {key.dtype:8} {key.threads:1} "
+            f"{1e3 * point['latency_seconds']:11.1f} {100 * scorer.error(main, key):+6.0f}% "
+            f"{'' if overhead is None else f'{100 * overhead:7.0f}%':>8} {100 * spread:12.0f}%"
+        )
+    return "\n".join(lines)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -558,10 +617,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", type=lambda t: [m for m in t.split(",") if m])
     parser.add_argument("--batch-sizes", type=int_list)
     parser.add_argument("--seq-lens", type=int_list)
-    parser.add_argument("--rounds", type=int, help="interleaved rounds per point (default 4)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per point (default 3)")
     parser.add_argument("--calibrations", type=int, help="calibrations per setting (default 3)")
     parser.add_argument("--budget-seconds", type=float, help="timing budget per probe call")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--detail", action="store_true", help="also print every point's error")
+    parser.add_argument(
+        "--noise-against",
+        metavar="FILE.json",
+        help="another run of the same grid: report the noise floor between the two runs too",
+    )
     parser.add_argument("--no-cross", dest="cross", action="store_false", default=None)
     parser.add_argument("--no-tiny", dest="tiny", action="store_false", default=None)
     args = parser.parse_args(argv)
@@ -570,7 +635,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "models": ["distilbert-base"] if quick else list(DEFAULT_MODELS),
         "batch_sizes": [1, 2] if quick else list(DEFAULT_BATCH_SIZES),
         "seq_lens": [16] if quick else list(DEFAULT_SEQ_LENS),
-        "rounds": 2 if quick else 4,
+        "rounds": 2 if quick else 3,
         "budget_seconds": 0.05 if quick else 0.3,
         "calibrations": 1 if quick else 3,
         "cross": not quick,
@@ -590,11 +655,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     data = read_json(args.load) if args.load else measure(args)
+    if args.noise_against:
+        data["other_run_points"] = read_json(args.noise_against)["points"]
     scores = score(data)
     data = {**data, "scores": scores}
     if args.out:
         write_json(args.out, data)
     print(render(data, scores))
+    if args.detail:
+        print(detail(data, scores))
     return 0
 
 

@@ -8,9 +8,16 @@ calls per point (same model build, same random input ids, median of the timed fo
 
 What differs from a daemon cycle is only how often a point is timed: the worker times a point
 with one warm-up and at least three repeats within 2 s; a sweep warms every point up once, then
-calls the probe once per round (no warm-up, at least one repeat within ``budget_seconds``) in a
-random order that changes every round, and takes the median over rounds. Interleaving spreads the
-slow drift of a shared machine over the whole grid instead of biasing the region measured last.
+times it once per round (no warm-up, at least one repeat within ``budget_seconds``) in a random
+order that changes every round, and takes the median over rounds. Interleaving spreads the slow
+drift of a shared machine over the whole grid instead of biasing the region measured last.
+
+In the first ``profiled_rounds`` rounds each point whose warm-up forward took under
+``profile_below_seconds`` is ``model.run`` itself, which after timing also profiles one to three
+forwards for the framework-overhead share and peak memory (the share matters at small points);
+every other call times the very same forward closure (the probe's cached model, its input ids,
+``probes.timing.measure`` with the probe's timer) without the profiler, which halves the cost of
+the large points and changes nothing in the latency figure.
 
 torch is imported inside the functions that measure, so ``--load`` re-analysis of saved results
 runs without it.
@@ -145,6 +152,9 @@ def sweep(
     budget_seconds: float = 0.3,
     log: Callable[[str], None] | None = None,
     before_round: Callable[[int], None] | None = None,
+    profiled_rounds: int = 1,
+    profile_below_seconds: float = 0.25,
+    timer: Any = None,
 ) -> list[dict[str, Any]]:
     """Measure every point ``rounds`` times, interleaved, with the daemon's model probe.
 
@@ -175,15 +185,18 @@ def sweep(
         )
 
     rounds_seen: dict[PointKey, list[dict[str, Any]]] = {key: [] for key in keys}
+    warmup_seconds: dict[PointKey, float] = {}
     started = time.perf_counter()
     try:
-        for key in keys:  # warm-up pass, in order (not timed)
+        for key in keys:  # warm-up pass, in order (its time only decides what is profiled)
             torch.set_num_threads(key.threads)
             point = request(key)
             model = cache.get(point.config, key.dtype, "cpu")
             inputs = model_probe.random_inputs(point.config, point)
+            forward_started = time.perf_counter()
             with torch.inference_mode():
                 model(**inputs)
+            warmup_seconds[key] = time.perf_counter() - forward_started
         log(f"warm-up done in {time.perf_counter() - started:.0f} s")
         rng = random.Random(seed)
         for index in range(rounds):
@@ -195,8 +208,10 @@ def sweep(
             round_started = time.perf_counter()
             for key in order:
                 torch.set_num_threads(key.threads)
-                result = model_probe.run(request(key), cache=cache)
-                record = result.to_dict()
+                if index < profiled_rounds and warmup_seconds[key] < profile_below_seconds:
+                    record = model_probe.run(request(key), cache=cache, timer=timer).to_dict()
+                else:
+                    record = _time_only(request(key), cache, timer)
                 rounds_seen[key].append(
                     {
                         "round": index,
@@ -234,6 +249,44 @@ def sweep(
             }
         )
     return records
+
+
+def _time_only(point: Any, cache: Any, timer: Any = None) -> dict[str, Any]:
+    """The timing half of ``scaleprobe.probes.model.run``: same model, inputs, forward, timer."""
+    import torch
+    from scaleprobe.probes import model as model_probe
+    from scaleprobe.probes.device import default_timer
+    from scaleprobe.probes.timing import measure
+
+    model = cache.get(point.config, point.dtype, point.device)
+    inputs = model_probe.random_inputs(point.config, point)
+
+    def forward() -> object:
+        with torch.inference_mode():
+            return model(**inputs)
+
+    timer = timer if timer is not None else default_timer(point.device)
+    measurement = measure(forward, point.timing, timer, threads=torch.get_num_threads())
+    return {
+        "latency_seconds": measurement.median_seconds,
+        "samples_seconds": list(measurement.samples_seconds),
+        "framework_overhead_ratio": None,
+        "peak_memory_bytes": None,
+        "device_seconds": measurement.device_seconds,
+    }
+
+
+class ProcessCpuTimer:
+    """CPU time of this process around a call: immune to time slicing on a loaded machine, and
+    equal to wall time for a one-thread torch on an idle one. For model development only (the
+    daemon and the benchmark figures use wall time)."""
+
+    name = "process_cpu"
+
+    def time(self, fn: Callable[[], object]) -> float:
+        started = time.process_time()
+        fn()
+        return time.process_time() - started
 
 
 # --- errors ---------------------------------------------------------------------------------------
