@@ -46,6 +46,36 @@ from test_faults_worker import (
     up,
 )
 
+
+class Records(logging.Handler):
+    """Collects the records of one logger, whether or not it propagates to the root (the
+    daemon's ``setup_logging``, run in process by other tests, turns propagation off)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def text(self) -> str:
+        return "\n".join(f"{r.getMessage()} {vars(r)}" for r in self.records)
+
+
+@contextlib.contextmanager
+def records(name: str = "scaleprobe") -> Iterator[Records]:
+    logger = logging.getLogger(name)
+    handler = Records()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 # --- kill -9 during state writes ---------------------------------------------------------------
 
 
@@ -216,16 +246,14 @@ def test_an_unusable_state_file_is_moved_aside_and_the_daemon_starts_fresh(
 @pytest.mark.parametrize(
     "content", [b"", b"[]", b"null", b"{}", b'{"schema_version": 1}', b"\x00" * 64]
 )
-def test_odd_state_files_are_moved_aside_in_process(
-    tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_odd_state_files_are_moved_aside_in_process(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "state.json"
     path.write_bytes(content)
-    with caplog.at_level(logging.WARNING, logger="scaleprobe.state"):
+    with records() as logged:
         assert load_snapshot(path) is None
     assert not path.exists()
     assert [p.read_bytes() for p in tmp_path.glob("state.json.corrupt-*")] == [content]
-    assert "moved aside" in caplog.text
+    assert "moved aside" in logged.text()
 
 
 def test_a_directory_where_the_state_file_should_be_is_moved_aside(tmp_path: Path) -> None:
@@ -358,19 +386,19 @@ class GuardedWorker:
     ],
 )
 def test_nvml_missing_or_failing_is_degraded_said_once_and_probes_go_on(
-    tmp_path: Path, nvml: Any, reason: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, nvml: Any, reason: str
 ) -> None:
     config = replace(default_config(devices=("cuda:0",)), worker_timeout_seconds=30.0)
     worker = GuardedWorker(nvml)
     daemon = Daemon(config, ("cuda:0",), state_path=tmp_path / "state.json", run_worker=worker)
-    with caplog.at_level(logging.INFO):
+    with records() as logged:
         for _ in range(3):
             daemon.run_cycles()
     assert worker.calls == 3
     device = daemon.snapshot().devices[0]
     assert device.up  # the probes went on and calibrated
-    said = [r for r in caplog.records if "guard" in r.getMessage() and r.levelno >= logging.WARNING]
-    assert len(said) == 1, [r.getMessage() for r in caplog.records]  # said once, not per cycle
+    said = [r for r in logged.records if "guard" in r.getMessage() and r.levelno >= logging.WARNING]
+    assert len(said) == 1, logged.text()  # said once, not per cycle
     assert reason in str(vars(said[0]))
     text = _exposition(daemon.snapshot())
     assert 'scaleprobe_guard_checked{device="cuda:0"} 0.0' in text
