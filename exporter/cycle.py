@@ -417,8 +417,15 @@ def _model_state(
     prior_errors: Mapping[Key, float],
     previous_points: Mapping[Key, PointRecord],
     previous_model: ModelState | None,
+    drift_from_this_cycle: bool = True,
 ) -> ModelState:
-    """One model's curve predicted with ``params``, its measurements, errors, drift, limits."""
+    """One model's curve predicted with ``params``, its measurements, errors, drift, limits.
+
+    ``drift_ratio`` is the median prior error of this cycle's points, but only when the prior was
+    a refitted calibration (``drift_from_this_cycle``): on a first cycle the prior is the probes'
+    calibration alone, whose error says how good the uncalibrated model is, not that the device
+    changed, so it must not raise a drift alert.
+    """
     records: list[PointRecord] = []
     for batch_size, seq_len in config.grid():
         key = (model.name, batch_size, seq_len)
@@ -442,7 +449,11 @@ def _model_state(
                 baseline_error_ratio=baseline_error,
             )
         )
-    this_cycle = [error for key, error in prior_errors.items() if key[0] == model.name]
+    this_cycle = [
+        error
+        for key, error in prior_errors.items()
+        if key[0] == model.name and drift_from_this_cycle
+    ]
     all_errors = [r.prior_error_ratio for r in records if r.prior_error_ratio is not None]
     drift: float | None
     if this_cycle:
@@ -556,6 +567,7 @@ def apply_result(
             baseline=baseline_params,
             measurements=measurements,
             prior_errors=prior_errors,
+            drift_from_this_cycle=prior is not None,
             previous_points=previous_points,
             previous_model=previous_models.get(model.name),
         )

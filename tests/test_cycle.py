@@ -128,6 +128,11 @@ def test_a_cycle_with_the_fake_worker_builds_a_full_device_state(
     assert state.probe_runs_total[("compute", "ok")] == 1
     assert len(state.history) == 1
     assert state.baseline == state.calibration  # the first good calibration is pinned
+    # the first cycle's points are scored against the probes' calibration, but that is not drift
+    assert all(
+        p.prior_error_ratio is not None for m in state.models for p in m.points if p.measured
+    )
+    assert all(m.drift_ratio is None for m in state.models)
     sent = json.loads(record.read_text())
     assert len(sent["points"]) == config.points_per_cycle
     assert [e["done"] for e in events] == list(range(1, config.points_per_cycle + 1))
