@@ -107,10 +107,35 @@ class Guard:
             return
         try:
             module.nvmlInit()
-            self.handle = module.nvmlDeviceGetHandleByIndex(cuda_index(device))
+            self.handle = self._find_handle(module)
             self.nvml = module
         except Exception as error:  # NVMLError and anything else a broken driver raises
             self.unavailable_reason = f"NVML failed: {_describe(error)}"
+
+    def _cuda_properties(self) -> Any:
+        """torch.cuda's properties of this device, or None when CUDA cannot say."""
+        try:
+            cuda = self.cuda if self.cuda is not None else _torch_cuda()
+            return cuda.get_device_properties(cuda_index(self.device))
+        except Exception:
+            return None
+
+    def _find_handle(self, nvml: Any) -> Any:
+        """The NVML handle of the GPU torch calls ``cuda:N``.
+
+        By UUID when torch knows it: CUDA_VISIBLE_DEVICES renumbers devices for CUDA but not for
+        NVML, so ``cuda:0`` may be NVML's GPU 2. By index otherwise.
+        """
+        uuid = getattr(self._cuda_properties(), "uuid", None)
+        if uuid is not None:
+            text = str(uuid)
+            try:
+                return nvml.nvmlDeviceGetHandleByUUID(
+                    text if text.startswith("GPU-") else f"GPU-{text}"
+                )
+            except Exception as error:
+                log.warning("NVML has no GPU with torch's UUID %s (%s)", text, _describe(error))
+        return nvml.nvmlDeviceGetHandleByIndex(cuda_index(self.device))
 
     def check(self) -> GuardReading:
         """Read utilisation and free memory; decide whether the next probe may run."""
@@ -195,8 +220,13 @@ class Guard:
             "kind": "cuda",
         }
         if self.nvml is None:
+            properties = self._cuda_properties()  # no NVML: what CUDA itself can tell
+            if properties is not None:
+                identity["modelName"] = str(getattr(properties, "name", ""))
+                identity["memory_bytes"] = getattr(properties, "total_memory", None)
             return identity
         for key, read in (
+            ("gpu", lambda: str(self.nvml.nvmlDeviceGetIndex(self.handle))),
             ("modelName", lambda: self.nvml.nvmlDeviceGetName(self.handle)),
             ("UUID", lambda: self.nvml.nvmlDeviceGetUUID(self.handle)),
             ("driver_version", lambda: self.nvml.nvmlSystemGetDriverVersion()),

@@ -186,6 +186,9 @@ def run_request(
     from scaleprobe.probes.timing import TimingRequest
 
     started = clock()
+    if request.device.startswith("cuda"):
+        # CUDA events and graphs use the current device's streams: make it the probed one.
+        torch.cuda.set_device(int(request.device.partition(":")[2] or 0))
     guard = Guard(
         request.device,
         max_utilization_ratio=request.max_utilization_ratio,

@@ -89,6 +89,19 @@ class FakeNVML:
             raise NVMLError("Invalid Argument")
         return self.gpus[index]
 
+    def nvmlDeviceGetHandleByUUID(self, uuid: str | bytes) -> FakeGPU:
+        self.calls.append(f"nvmlDeviceGetHandleByUUID({uuid!r})")
+        if not self.initialized:
+            raise NVMLError("Uninitialized")
+        wanted = uuid.decode() if isinstance(uuid, bytes) else uuid
+        for gpu in self.gpus:
+            if (gpu.uuid.decode() if isinstance(gpu.uuid, bytes) else gpu.uuid) == wanted:
+                return gpu
+        raise NVMLError("Not Found")
+
+    def nvmlDeviceGetIndex(self, handle: FakeGPU) -> int:
+        return self.gpus.index(self._gpu(handle))
+
     def nvmlDeviceGetUtilizationRates(self, handle: FakeGPU) -> Any:
         self.calls.append("nvmlDeviceGetUtilizationRates")
         gpu = self._gpu(handle)
@@ -208,6 +221,8 @@ class FakeCuda:
     total_memory: int = 80 * 1024**3
     l2_cache_bytes: int = 40 * 1024**2
     name: str = "NVIDIA A100-SXM4-80GB"
+    # What torch reports as ``get_device_properties(i).uuid`` for cuda:0, cuda:1, … (no "GPU-").
+    uuids: tuple[str, ...] = ()
     synchronizations: int = 0
     event_synchronizations: int = 0
     empty_cache_calls: int = 0
@@ -268,12 +283,15 @@ class FakeCuda:
         self.captures += 1
 
     def get_device_properties(self, index: int) -> Any:
-        return SimpleNamespace(
+        properties = SimpleNamespace(
             name=self.name,
             total_memory=self.total_memory,
             L2_cache_size=self.l2_cache_bytes,
             multi_processor_count=108,
         )
+        if self.uuids:
+            properties.uuid = self.uuids[index]
+        return properties
 
     def set_per_process_memory_fraction(self, fraction: float, device: int = 0) -> None:
         if not 0 <= fraction <= 1:

@@ -117,6 +117,29 @@ def test_gpu_identity_comes_from_nvml_with_dcgm_labels() -> None:
     }
 
 
+def test_cuda_devices_are_matched_to_nvml_by_uuid() -> None:
+    """With CUDA_VISIBLE_DEVICES=2, cuda:0 is NVML's GPU 2: the guard must read that one."""
+    gpus = [FakeGPU(uuid=f"GPU-{i}{i}{i}", utilization_percent=99) for i in range(3)]
+    gpus[2].utilization_percent = 5
+    nvml = FakeNVML(gpus=gpus)
+    guard = Guard("cuda:0", nvml=nvml, cuda=FakeCuda(uuids=("222",)))
+    assert guard.check().outcome is None
+    identity = guard.device_identity()
+    assert identity["gpu"] == "2" and identity["UUID"] == "GPU-222"
+    assert identity["device"] == "cuda:0"
+
+
+def test_an_unknown_uuid_falls_back_to_the_index() -> None:
+    nvml = FakeNVML(gpus=[FakeGPU(uuid="GPU-aaa"), FakeGPU(uuid="GPU-bbb")])
+    guard = Guard("cuda:1", nvml=nvml, cuda=FakeCuda(uuids=("zzz", "yyy")))
+    assert guard.device_identity()["UUID"] == "GPU-bbb"
+
+
+def test_without_nvml_cuda_names_the_gpu() -> None:
+    identity = Guard("cuda:0", nvml=None, cuda=FakeCuda(name="NVIDIA L4")).device_identity()
+    assert identity["modelName"] == "NVIDIA L4" and identity["memory_bytes"] == 80 * GiB
+
+
 def test_identity_survives_nvml_refusing_to_name_the_gpu() -> None:
     identity = Guard("cuda:0", nvml=FakeNVML(fail_identity=True)).device_identity()
     assert identity["gpu"] == "0" and identity["modelName"] == "" and identity["UUID"] == ""
