@@ -18,7 +18,9 @@ Output (abridged)::
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -195,8 +197,13 @@ def run_once(
     *,
     progress: ProgressBar | None = None,
     command: list[str] | None = None,
+    cancel: threading.Event | None = None,
 ) -> DeviceState:
-    """One cycle over the whole grid (the budget cuts it); raises RuntimeError if it failed."""
+    """One cycle over the whole grid (the budget cuts it); raises RuntimeError if it failed.
+
+    ``cancel`` (set on Ctrl-C) ends the worker, which runs in its own session and so does not
+    receive the terminal's SIGINT itself; ``KeyboardInterrupt`` is raised then.
+    """
     architectures = load_architectures(config)
     dtype = config.dtype_for(device)
     every = len(config.models) * len(config.grid())
@@ -209,9 +216,12 @@ def run_once(
         points=points,
         command=command,
         on_event=progress.update if progress is not None else None,
+        cancel=cancel,
     )
     if progress is not None:
         progress.finish()
+    if result.outcome == "cancelled":
+        raise KeyboardInterrupt
     if result.outcome != "ok" or result.state.calibration is None:
         raise RuntimeError(result.reason or result.state.last_cycle_reason or result.outcome)
     return result.state
@@ -224,11 +234,22 @@ def once_command(args: Any) -> int:
     device = resolve_devices(config)[0]
     write_report = _report_writer(args.report) if args.report else None
     progress = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+    cancel = threading.Event()
+    handlers = {
+        sig: signal.signal(sig, lambda signum, frame: cancel.set())
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
-        state = run_once(config, device, progress=progress)
+        state = run_once(config, device, progress=progress, cancel=cancel)
     except RuntimeError as error:
         print(f"scaleprobe once: the probe cycle failed: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("scaleprobe once: interrupted; the probe worker was stopped", file=sys.stderr)
+        return 130
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     dtype = config.dtype_for(device)
     if args.json:
         print(json.dumps(calibration_document(state, dtype), indent=2))

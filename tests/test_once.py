@@ -118,3 +118,34 @@ def test_progress_bar() -> None:
     bar.update({"event": "log"})
     bar.finish()
     assert stream.getvalue().endswith("\r")
+
+
+def test_ctrl_c_stops_the_worker_and_exits_130(tmp_path: Path) -> None:
+    """The worker runs in its own session (the terminal's SIGINT misses it): once must end it."""
+    import os
+    import signal
+    import time
+
+    pidfile = tmp_path / "worker.pid"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "scaleprobe.exporter.cli",
+            "once",
+            "--config.file",
+            str(write_config(tmp_path, "--mode", "hang", "--pidfile", str(pidfile))),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = int(pidfile.read_text())
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)
