@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 import os
 import re
 from collections.abc import Callable
@@ -222,6 +223,9 @@ class _Checker:
         ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok_type:
             self.add(key, f"expected {kind}, got {_describe(value)}")
+            return None
+        if not math.isfinite(value):  # YAML's .nan and .inf are floats
+            self.add(key, f"expected a finite number, got {value}")
             return None
         below = minimum is not None and (value <= minimum if exclusive_minimum else value < minimum)
         above = maximum is not None and value > maximum
