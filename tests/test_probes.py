@@ -13,7 +13,7 @@ import pytest
 import torch
 from scaleprobe.probes import compute, dispatch, memory
 from scaleprobe.probes import model as model_probe
-from scaleprobe.probes.device import cpu_llc_bytes, dtype_bytes
+from scaleprobe.probes.device import cpu_llc_bytes, dtype_bytes, gpu_l2_bytes
 from scaleprobe.probes.guard import SkipProbe
 from scaleprobe.probes.registry import BUDGET_SECONDS, CALIBRATION_PROBES
 from scaleprobe.probes.request import ProbeRequest
@@ -131,6 +131,12 @@ def test_memory_buffers_stay_under_the_cap_and_say_when_cache_may_hold_them() ->
     result = memory.run(ProbeRequest(memory_cap_bytes=8 * 1024**2, timing=QUICK))
     assert result.detail["buffer_bytes"] * 2 <= 8 * 1024**2
     assert result.detail["cache_resident_risk"]
+
+
+def test_on_a_gpu_the_buffer_is_sized_from_the_l2_cache() -> None:
+    cuda = FakeCuda(l2_cache_bytes=50 * 1024**2)  # an H100's L2
+    assert gpu_l2_bytes("cuda:0", cuda) == 50 * 1024**2
+    assert memory.buffer_bytes(gpu_l2_bytes("cuda:0", cuda), 8 * 1024**3) == 200 * 1024**2
 
 
 def test_llc_size_from_sys_then_lscpu_then_fallback(tmp_path: Path) -> None:
