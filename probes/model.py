@@ -16,7 +16,8 @@ What it reports per point:
   time sums the self CPU time of every aten op except pure metadata/view/allocation ops
   (``METADATA_OPS``). What remains is Python, ``nn.Module`` and transformers code, the dispatcher
   between ops, views and allocation: the host's framework cost. The profiler's own recording
-  (about a microsecond per op) is counted as overhead, so tiny forwards read slightly high.
+  (about a microsecond per op) is counted as overhead, so tiny forwards read slightly high; time
+  an op spends waking torch's intra-op thread pool counts as kernel time.
 - **peak memory**: on CUDA ``max_memory_allocated`` over one forward (weights included). On the
   CPU ``torch.profiler(profile_memory=True)``: the torch allocator's bytes over the forward,
   replayed in time order to find the high-water mark of activations, plus the bytes of the
@@ -307,7 +308,7 @@ def _cuda_overhead_and_memory(
     except Exception as error:  # some models cannot be captured (dynamic shapes, host syncs)
         detail["framework_overhead_method"] = f"CUDA graph capture failed: {error}"
         return None, peak, detail, 0.0
-    replay = measure(graph.replay, eager_timing(eager), default_timer(request.device, cuda))
+    replay = measure(graph.replay, replay_timing(eager), default_timer(request.device, cuda))
     detail.update(
         framework_overhead_method="(eager - CUDA graph replay) / eager, CUDA event medians",
         replay_latency_seconds=replay.median_seconds,
@@ -317,7 +318,7 @@ def _cuda_overhead_and_memory(
     return ratio, peak, detail, replay.device_seconds
 
 
-def eager_timing(eager: Measurement) -> TimingRequest:
+def replay_timing(eager: Measurement) -> TimingRequest:
     """Time the replay as often as the eager forward was timed (at least three times)."""
     repeats = max(3, len(eager.samples_seconds))
     return TimingRequest(
