@@ -130,6 +130,7 @@ def parse_request(document: object) -> WorkerRequest:
             continue
         model, config = point.get("model"), point.get("config")
         batch, seq = point.get("batch_size"), point.get("seq_len")
+        found = len(problems)
         if not isinstance(model, str) or not model:
             problems.append(f"{where}.model must be a non-empty string, got {model!r}")
         if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
@@ -138,8 +139,8 @@ def parse_request(document: object) -> WorkerRequest:
             problems.append(f"{where}.batch_size must be an integer >= 1, got {batch!r}")
         if not _is_int(seq) or seq < 1:
             problems.append(f"{where}.seq_len must be an integer >= 1, got {seq!r}")
-        if not problems or not any(p.startswith(where) for p in problems):
-            parsed.append(Point(str(model), dict(config or {}), int(batch), int(seq)))
+        if len(problems) == found:
+            parsed.append(Point(str(model), dict(config), int(batch), int(seq)))
     if problems:
         raise RequestError("bad request: " + "; ".join(problems))
     return WorkerRequest(
