@@ -271,18 +271,19 @@ def make_scheduler(daemon: Daemon, config: Config) -> BackgroundScheduler:
 
 def run_command(args: Any) -> int:
     """``scaleprobe run``: serve at once, probe on a schedule, stop cleanly on SIGTERM/SIGINT."""
-    from scaleprobe.exporter.http import serve
+    from scaleprobe.exporter.http import parse_listen_address, serve
     from scaleprobe.exporter.webconfig import load_web_config
 
     setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "logfmt"))
     config = load_config(args.config_file) if args.config_file else default_config()
     devices = resolve_devices(config)
+    web_config = load_web_config(args.web_config_file) if args.web_config_file else None
+    parse_listen_address(args.listen_address)  # every flag checked before the state is touched
     if config.devices == ("auto",) and devices == ("cpu",):
         log.warning(
             "no GPU found through NVML; probing the CPU",
             extra={"probe": "guard", "reason": _nvml_problem()},
         )
-    web_config = load_web_config(args.web_config_file) if args.web_config_file else None
     state_path = Path(config.state_file) if config.state_file else default_state_path()
     initial = load_snapshot(state_path)
     daemon = Daemon(
