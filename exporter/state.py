@@ -85,7 +85,11 @@ def load_snapshot(path: Path, *, clock: Callable[[], float] = time.time) -> Snap
         _move_aside(path, f"cannot be read: {error}", clock)
         return None
     try:
-        return Snapshot.from_dict(json.loads(text))
+        snapshot = Snapshot.from_dict(json.loads(text))
+        # NaN or infinity (a JSON literal, or a string float() took) was not written by
+        # save_snapshot, and would make every later write of the state fail
+        json.dumps(snapshot.to_dict(), allow_nan=False)
+        return snapshot
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         _move_aside(path, f"is not a usable state file: {type(error).__name__}: {error}", clock)
         return None
