@@ -216,7 +216,7 @@ class Daemon:
         current = self._snapshot if snapshot is None else snapshot
         try:
             save_snapshot(current, self.state_path)
-        except OSError as error:
+        except (OSError, ValueError) as error:  # ValueError: a NaN that JSON cannot hold
             self._snapshot = Snapshot(
                 created_at_seconds=current.created_at_seconds,
                 build=current.build,
