@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -183,6 +184,25 @@ def test_a_snapshot_is_on_disk_before_any_scrape_can_see_it(tmp_path: Path) -> N
     on_disk, served = seen
     assert on_disk is not None, "served before it was written"
     assert served is not None and on_disk.devices == served.devices
+
+
+def test_a_snapshot_that_json_cannot_hold_is_counted_and_still_served(tmp_path: Path) -> None:
+    """A NaN somewhere (the models or a bug) makes the strict JSON write fail: the daemon counts
+    it as a state write error and serves the snapshot from memory instead of dropping it."""
+    config = replace(default_config(devices=("cpu",)), worker_command=(sys.executable, FAKE_WORKER))
+    snapshot = sample_snapshot()
+    odd = replace(snapshot.devices[0], probe_device_seconds_total=math.nan)
+    daemon = Daemon(
+        config,
+        ("cpu",),
+        state_path=tmp_path / "state.json",
+        initial=replace(snapshot, devices=(odd,)),
+    )
+    with records() as logged:
+        assert daemon.save() is False
+    assert daemon.snapshot().state_write_errors_total == snapshot.state_write_errors_total + 1
+    assert "cannot write the state file; serving from memory" in logged.text()
+    assert not (tmp_path / "state.json").exists() and _temporaries(tmp_path) == []
 
 
 # --- unusable state files at start ---------------------------------------------------------------
