@@ -44,8 +44,9 @@ class TimingRequest:
     min_repeats: int = 3
     max_repeats: int = 50
     budget_seconds: float = 1.0
-    # A hard limit that ends the run even below ``min_repeats`` (one sample is always kept):
-    # on a loaded host slow samples must not stretch a probe far past its share of the cycle.
+    # A hard limit that ends the run even below ``min_repeats`` (one sample is always kept): no
+    # sample starts that the last one's duration says would end past it. On a loaded host slow
+    # samples must not stretch a probe far past its share of the cycle.
     max_seconds: float | None = None
 
     def __post_init__(self) -> None:
@@ -197,7 +198,8 @@ def measure(
         elapsed = clock() - started
         if len(samples) >= request.min_repeats and elapsed >= request.budget_seconds:
             break
-        if request.max_seconds is not None and elapsed >= request.max_seconds:
+        # The hard limit looks one sample ahead, so a slow sample cannot carry the run past it.
+        if request.max_seconds is not None and elapsed + samples[-1] > request.max_seconds:
             break
     return Measurement(
         samples_seconds=tuple(samples),

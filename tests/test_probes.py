@@ -93,9 +93,10 @@ def test_compute_measures_small_sizes_even_after_a_slow_large_product() -> None:
         *compute.CPU_SMALL_SIZES,
         compute.CPU_SIZE,
     ]
-    # Hard stops: the large product at 0.7 × 2 s (warm-up + 2 samples = 1.5 s), each small size
-    # at 2 × its 0.1 s share (warm-up + 1 sample = 1.0 s), instead of 4 calls each.
-    assert clock() == pytest.approx(1.5 + 3 * 1.0)
+    # Hard stops: the large product at 0.7 × 2 s (warm-up + 1 sample = 1.0 s: a second sample
+    # would end at 1.5 s), each small size at 2 × its 0.1 s share (warm-up + the one sample
+    # always kept = 1.0 s), instead of 4 calls each.
+    assert clock() == pytest.approx(1.0 + 3 * 1.0)
 
 
 def test_compute_sizes_itself_under_the_memory_cap() -> None:

@@ -73,6 +73,30 @@ def test_the_budget_counts_the_warmup() -> None:
     assert len(result.samples_seconds) == 1  # 1.2 s of warm-up already spent the budget
 
 
+def test_the_hard_limit_stops_before_a_sample_that_would_cross_it() -> None:
+    clock = FakeClock()
+    result = measure(
+        lambda: None,
+        TimingRequest(warmup=1, min_repeats=5, max_repeats=10, budget_seconds=1.0, max_seconds=2.5),
+        ScriptedTimer([0.8] * 10, clock),
+        clock=clock,
+    )
+    # warm-up 0.8, sample 1.6; another would end at 2.4 <= 2.5, so it runs; a third would not.
+    assert len(result.samples_seconds) == 2
+    assert clock() <= 2.5
+
+
+def test_one_sample_is_kept_however_slow() -> None:
+    clock = FakeClock()
+    result = measure(
+        lambda: None,
+        TimingRequest(warmup=1, min_repeats=3, max_repeats=10, budget_seconds=0.1, max_seconds=0.2),
+        ScriptedTimer([5.0] * 10, clock),
+        clock=clock,
+    )
+    assert result.samples_seconds == (5.0,)
+
+
 def test_min_repeats_win_over_an_exhausted_budget() -> None:
     clock = FakeClock()
     result = measure(
