@@ -240,7 +240,7 @@ class FitReport:
 FREE_PARAMETERS = ("compute", "gemm_half_size", "elementwise_bandwidth", "dispatch")
 PRIOR_SIGMA = {"compute": 0.5, "gemm_half_size": 1.0, "elementwise_bandwidth": 0.7, "dispatch": 0.7}
 # Residual scale of the Huber loss (log latency ratio): about the machine noise of one point.
-NOISE_SCALE = 0.04
+NOISE_SCALE = 0.02
 HUBER_K = 1.5
 OUTLIER_RATIO = 0.25
 

@@ -1,0 +1,53 @@
+"""The calibration document: dump, load, and clear errors for bad files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from scaleprobe.models.calibration import SCHEMA, dump_calibration, load_calibration
+from scaleprobe.models.devices import cpu_params
+from scaleprobe.models.errors import InputError
+
+PARAMS = cpu_params({"float32": 1.9e11}, 1.5e10, 9e-7, 24 * 1024**3)
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    document = dump_calibration(
+        PARAMS,
+        device={"device": "cpu"},
+        environment={"threads": 2},
+        fit={"mape_ratio": 0.03},
+        created_at_seconds=1.0,
+    )
+    assert document["schema"] == SCHEMA and document["created_at_seconds"] == 1.0
+    path = tmp_path / "calib.json"
+    path.write_text(json.dumps(document))
+    assert load_calibration(path) == PARAMS
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{oops", "not valid JSON"),
+        ("[]", "a calibration document is a JSON object"),
+        ('{"schema": "other/1", "params": {}}', "not a scaleprobe calibration"),
+        ('{"schema": "scaleprobe.calibration/2", "params": {}}', "unsupported calibration schema"),
+        ('{"schema": "scaleprobe.calibration/1"}', "no 'params'"),
+        (
+            '{"schema": "scaleprobe.calibration/1", "params": {"name": "cpu"}}',
+            "device parameters miss",
+        ),
+    ],
+)
+def test_bad_files_are_input_errors(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "calib.json"
+    path.write_text(content)
+    with pytest.raises(InputError, match=message):
+        load_calibration(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        load_calibration(tmp_path / "nope.json")

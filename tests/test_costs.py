@@ -1,0 +1,194 @@
+"""Per-kernel costs against independent counts on the real transformers models (may import torch).
+
+FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over the model built from the same config,
+with ``attn_implementation="eager"`` (FlopCounterMode does not count the fused CPU SDPA kernel),
+must agree within 2% with ``ForwardCost.matmul_flops``, for the three presets at several
+(batch, seq), BigBird below and above its block-sparse threshold.
+
+Host ops: a TorchDispatchMode counts the aten ops one forward really dispatches; the model must
+agree within 5%. Why 5% and not exact: a few ops depend on strides (``reshape`` dispatches a copy
+only for a non-contiguous input, which varies with the batch size in BigBird's block-sparse path:
+400 ops per layer at batch 1, 415 at batch 2), and the model keeps one count per kernel.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import pytest
+import torch
+from scaleprobe.models.architecture import PRESETS, architecture_from_config
+from scaleprobe.models.costs import ATTENTION, GEMM, forward_cost
+from scaleprobe.models.errors import InputError
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoConfig, AutoModel
+
+FLOP_POINTS = {
+    "bert-base": [(1, 8), (2, 64), (1, 256)],
+    "distilbert-base": [(1, 16), (3, 40), (2, 128)],
+    # 704 is the last full-attention length; 705 runs block-sparse, padded to 768; 1024 takes
+    # transformers' "old plan" path for its random blocks.
+    "bigbird-roberta-base": [(1, 64), (1, 704), (1, 705), (1, 1024)],
+}
+
+_MODELS: dict[str, Any] = {}
+
+
+def eager_model(name: str) -> Any:
+    if name not in _MODELS:
+        torch.manual_seed(0)
+        config = AutoConfig.for_model(**PRESETS[name].to_config())
+        _MODELS[name] = AutoModel.from_config(config, attn_implementation="eager").eval()
+    return _MODELS[name]
+
+
+def counted_flops(model: Any, batch: int, seq: int) -> int:
+    if hasattr(model, "set_attention_type") and model.config.attention_type == "block_sparse":
+        # transformers switches a block-sparse model to full attention for good the first time
+        # it sees a short sequence; undo that so each point runs what a fresh model would.
+        model.set_attention_type("block_sparse")
+    ids = torch.randint(5, 1000, (batch, seq))
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(input_ids=ids)
+    return int(counter.get_total_flops())
+
+
+@pytest.mark.parametrize(
+    ("name", "batch", "seq"), [(n, b, s) for n, points in FLOP_POINTS.items() for b, s in points]
+)
+def test_flops_agree_with_flop_counter(name: str, batch: int, seq: int) -> None:
+    arch = PRESETS[name]
+    cost = forward_cost(
+        arch, batch, seq, "float32", attention=None if arch.model_type == "big_bird" else "eager"
+    )
+    counted = counted_flops(eager_model(name), batch, seq)
+    assert cost.matmul_flops == pytest.approx(counted, rel=0.02)
+    # elementwise work is small next to the matrix products, and the total includes it
+    assert cost.matmul_flops < cost.flops < 1.05 * cost.matmul_flops
+
+
+def test_sdpa_and_eager_count_the_same_matrix_flops() -> None:
+    arch = PRESETS["bert-base"]
+    sdpa = forward_cost(arch, 2, 128, "float16")
+    eager = forward_cost(arch, 2, 128, "float16", attention="eager")
+    assert sdpa.attention == "sdpa" and eager.attention == "eager"
+    assert sdpa.matmul_flops == eager.matmul_flops
+    # the fused kernel never writes the scores: less traffic than eager
+    assert sdpa.bytes_moved < eager.bytes_moved
+    assert any(k.kind == ATTENTION for k in sdpa.kernels)
+
+
+class OpCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+TINY = {
+    "bert": {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 96,
+    },
+    "roberta": {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 96,
+    },
+    "distilbert": {"dim": 64, "n_layers": 2, "n_heads": 4, "hidden_dim": 96},
+    "albert": {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 96,
+        "embedding_size": 32,
+    },
+    "electra": {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 96,
+        "embedding_size": 32,
+    },
+    "big_bird": {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 96,
+        "block_size": 16,
+        "num_random_blocks": 2,
+    },
+}
+HOST_POINTS = [
+    ("bert", 2, 16, None),
+    ("bert", 1, 40, "eager"),
+    ("roberta", 2, 16, None),
+    ("distilbert", 3, 16, None),
+    ("albert", 2, 16, None),
+    ("electra", 1, 24, None),
+    ("big_bird", 2, 64, None),
+    ("big_bird", 1, 200, None),
+    ("big_bird", 2, 256, None),
+]
+
+
+@pytest.mark.parametrize(("model_type", "batch", "seq", "attention"), HOST_POINTS)
+def test_host_ops_agree_with_the_dispatched_aten_ops(
+    model_type: str, batch: int, seq: int, attention: str | None
+) -> None:
+    config = AutoConfig.for_model(model_type, vocab_size=500, **TINY[model_type])
+    model = AutoModel.from_config(config, attn_implementation=attention).eval()
+    arch = architecture_from_config(config.to_dict())
+    ids = torch.randint(5, 400, (batch, seq))
+    counter = OpCounter()
+    # no_grad rather than inference_mode: under inference_mode a Python dispatch mode sees
+    # composite ops (linear, dropout) before they decompose; under no_grad it sees every op
+    # the dispatcher runs, which is what costs host time either way.
+    with torch.no_grad():
+        model(input_ids=ids)  # warm-up: BigBird swaps its attention modules on a first short input
+        with counter:
+            model(input_ids=ids)
+    dispatched = sum(counter.ops.values())
+    cost = forward_cost(arch, batch, seq, "float32", attention=attention)
+    assert cost.host_ops == pytest.approx(dispatched, rel=0.05), dict(counter.ops)
+
+
+def test_gemm_kernels_carry_their_dimensions() -> None:
+    cost = forward_cost(PRESETS["bert-base"], 4, 128, "float32")
+    ffn_up = next(k for k in cost.kernels if k.name == "ffn_up")
+    assert ffn_up.gemm == (1, 512, 3072, 768)
+    assert ffn_up.flops == 2 * 512 * 3072 * 768
+    assert ffn_up.weight_bytes == (768 * 3072 + 3072) * 4
+    assert all(k.gemm is not None for k in cost.kernels if k.kind == GEMM)
+    assert cost.weight_bytes == PRESETS["bert-base"].parameter_count() * 4
+
+
+def test_memory_grows_with_batch_and_halves_with_half_precision() -> None:
+    arch = PRESETS["bert-base"]
+    small, large = forward_cost(arch, 1, 128, "float32"), forward_cost(arch, 64, 128, "float32")
+    assert large.activation_bytes > small.activation_bytes
+    assert large.peak_memory_bytes == large.weight_bytes + large.activation_bytes
+    assert forward_cost(arch, 64, 128, "float16").peak_memory_bytes * 2 == large.peak_memory_bytes
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((0, 128, "float32"), "batch size must be a positive integer"),
+        ((1, 0, "float32"), "sequence length must be a positive integer"),
+        ((1, 513, "float32"), "exceeds bert-base's max_position_embeddings"),
+        ((1, 8, "int8"), "unknown dtype 'int8'"),
+    ],
+)
+def test_bad_sizes_and_dtypes(args: tuple[int, int, str], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        forward_cost(PRESETS["bert-base"], *args)

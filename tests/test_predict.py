@@ -1,0 +1,133 @@
+"""Predictions: properties over random inputs (hypothesis) and the regimes they must show."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scaleprobe.models.architecture import PRESETS
+from scaleprobe.models.costs import forward_cost
+from scaleprobe.models.devices import CATALOG, cpu_params, find_device, params_from_spec
+from scaleprobe.models.predict import max_batch_size, predict, predict_grid, time_forward
+
+CPU = cpu_params({"float32": 1.9e11, "bfloat16": 7e11}, 1.5e10, 1e-6, 24 * 1024**3)
+CPU = replace(CPU, module_seconds=8e-6, gemm_half_size=30.0, elementwise_bandwidth_ratio=0.5)
+DEVICES = [CPU] + [params_from_spec(spec) for spec in CATALOG.values()]
+MODELS = sorted(PRESETS)
+
+
+def dtype_for(params: object) -> str:
+    return "float32" if params is CPU else "float16"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    model=st.sampled_from(MODELS),
+    device=st.sampled_from(DEVICES),
+    seq=st.integers(1, 512),
+    batch=st.integers(1, 256),
+)
+def test_throughput_never_falls_as_batch_grows_until_memory_runs_out(
+    model: str, device: object, seq: int, batch: int
+) -> None:
+    assert isinstance(device, type(CPU))
+    arch, dtype = PRESETS[model], dtype_for(device)
+    small = predict(arch, device, batch, seq, dtype)
+    large = predict(arch, device, batch + 1, seq, dtype)
+    if large.fits_in_memory:
+        assert large.throughput_sequences_per_second >= small.throughput_sequences_per_second * (
+            1 - 1e-9
+        )
+    assert large.peak_memory_bytes > small.peak_memory_bytes
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    model=st.sampled_from(MODELS),
+    device=st.sampled_from(DEVICES),
+    batch=st.integers(1, 64),
+    seq=st.integers(1, 511),
+)
+def test_latency_grows_with_sequence_length(
+    model: str, device: object, batch: int, seq: int
+) -> None:
+    assert isinstance(device, type(CPU))
+    arch, dtype = PRESETS[model], dtype_for(device)
+    if arch.uses_block_sparse(seq) != arch.uses_block_sparse(seq + 1):
+        return  # BigBird switches attention implementation at its threshold (a real step)
+    shorter = predict(arch, device, batch, seq, dtype)
+    longer = predict(arch, device, batch, seq + 1, dtype)
+    assert longer.latency_seconds >= shorter.latency_seconds
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    model=st.sampled_from(MODELS),
+    device=st.sampled_from(DEVICES),
+    batch=st.integers(1, 128),
+    seq=st.integers(1, 512),
+)
+def test_shares_and_units_are_consistent(model: str, device: object, batch: int, seq: int) -> None:
+    assert isinstance(device, type(CPU))
+    arch, dtype = PRESETS[model], dtype_for(device)
+    p = predict(arch, device, batch, seq, dtype)
+    assert 0 <= p.framework_overhead_ratio <= 1 and 0 < p.mfu_ratio <= 1
+    assert p.throughput_tokens_per_second == pytest.approx(p.throughput_sequences_per_second * seq)
+    timing = time_forward(forward_cost(arch, batch, seq, dtype), device)
+    if device.overlap:  # a FIFO queue: no faster than either side, no slower than both in series
+        assert max(timing.host_seconds, timing.device_seconds) <= timing.latency_seconds * (
+            1 + 1e-9
+        )
+        assert timing.latency_seconds <= (timing.host_seconds + timing.device_seconds) * (1 + 1e-9)
+    else:
+        assert timing.latency_seconds == pytest.approx(timing.host_seconds + timing.device_seconds)
+
+
+def test_gpu_is_framework_bound_at_small_batch_and_compute_bound_at_large() -> None:
+    a100 = params_from_spec(find_device("A100-80GB"))
+    arch = PRESETS["bert-base"]
+    small, large = predict(arch, a100, 1, 128, "float16"), predict(arch, a100, 64, 128, "float16")
+    assert small.regime == "framework" and small.framework_overhead_ratio > 0.5
+    assert large.regime == "compute" and large.framework_overhead_ratio < 0.1
+    # the framework tax: latency flat in batch while the host is the bottleneck
+    assert predict(arch, a100, 4, 128, "float16").latency_seconds == pytest.approx(
+        small.latency_seconds, rel=0.02
+    )
+
+
+def test_faster_gpus_stay_framework_bound_up_to_larger_batches() -> None:
+    arch = PRESETS["bert-base"]
+
+    def last_framework_bound_batch(gpu: str) -> int:
+        params = params_from_spec(find_device(gpu))
+        batches = [
+            b
+            for b in range(1, 257)
+            if predict(arch, params, b, 128, "float16").regime == "framework"
+        ]
+        return max(batches, default=0)
+
+    assert last_framework_bound_batch("T4") < last_framework_bound_batch("A100-80GB")
+    assert last_framework_bound_batch("A100-80GB") <= last_framework_bound_batch("H100-SXM")
+
+
+def test_cpu_long_sequences_are_compute_bound() -> None:
+    assert predict(PRESETS["bert-base"], CPU, 8, 512, "float32").regime == "compute"
+
+
+@pytest.mark.parametrize("seq", [128, 512])
+def test_max_batch_size_is_the_memory_threshold(seq: int) -> None:
+    params = replace(params_from_spec(find_device("T4")), memory_bytes=2 * 1024**3)
+    arch = PRESETS["bert-base"]
+    n = max_batch_size(arch, params, seq, "float16")
+    assert n > 1
+    assert predict(arch, params, n, seq, "float16").fits_in_memory
+    assert not predict(arch, params, n + 1, seq, "float16").fits_in_memory
+    assert max_batch_size(arch, replace(params, memory_bytes=1000), seq, "float16") == 0
+
+
+def test_grid_is_batch_major() -> None:
+    grid = predict_grid(PRESETS["distilbert-base"], CPU, [1, 2], [16, 32], "float32")
+    assert [(p.batch_size, p.seq_len) for p in grid] == [(1, 16), (1, 32), (2, 16), (2, 32)]
