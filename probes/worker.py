@@ -28,6 +28,8 @@ SCHEMA = "scaleprobe.worker/1"
 SCHEMA_MAJOR = 1
 # Per-point timing budget; the cycle's remaining budget shortens it.
 POINT_BUDGET_SECONDS = 2.0
+# Hard stop per point (at least one sample after the warm-up is always kept).
+POINT_MAX_SECONDS = 4.0
 DEFAULT_BUDGET_SECONDS = 60.0
 DEFAULT_MEMORY_CAP_BYTES = 2 * 1024**3
 
@@ -247,6 +249,8 @@ def run_request(
                     min_repeats=3,
                     max_repeats=30,
                     budget_seconds=min(POINT_BUDGET_SECONDS, remaining),
+                    # Slow forwards (a large point, a loaded host) get fewer repeats, not minutes.
+                    max_seconds=POINT_MAX_SECONDS,
                 ),
             )
             entry = {**base}
