@@ -180,6 +180,7 @@ def run_request(
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Any]:
     """Run everything the request asks for and return the result document."""
+    # Imported here, not at the top: a bad request is refused (exit 2) without loading torch.
     import torch
     import transformers
     from scaleprobe.probes import model as model_probe
