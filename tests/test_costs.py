@@ -28,9 +28,8 @@ from transformers import AutoConfig, AutoModel
 FLOP_POINTS = {
     "bert-base": [(1, 8), (2, 64), (1, 256)],
     "distilbert-base": [(1, 16), (3, 40), (2, 128)],
-    # 704 is the last full-attention length; 705 runs block-sparse, padded to 768; 1024 takes
-    # transformers' "old plan" path for its random blocks.
-    "bigbird-roberta-base": [(1, 64), (1, 704), (1, 705), (1, 1024)],
+    # 704 is the last full-attention length; 705 runs block-sparse, padded to 768
+    "bigbird-roberta-base": [(1, 64), (1, 704), (1, 705)],
 }
 
 _MODELS: dict[str, Any] = {}
@@ -68,6 +67,26 @@ def test_flops_agree_with_flop_counter(name: str, batch: int, seq: int) -> None:
     assert cost.matmul_flops == pytest.approx(counted, rel=0.02)
     # elementwise work is small next to the matrix products, and the total includes it
     assert cost.matmul_flops < cost.flops < 1.05 * cost.matmul_flops
+
+
+@pytest.mark.parametrize(("batch", "seq"), [(2, 1024), (1, 1000), (3, 1472)])
+def test_block_sparse_flops_on_a_narrow_bigbird(batch: int, seq: int) -> None:
+    """The preset's block pattern (block 64, 3 random blocks) on a narrow model, cheaply: 1024
+    takes transformers' "old plan" path for the random blocks, 1000 pads to 1024, 1472 is 23
+    blocks."""
+    config = AutoConfig.for_model(
+        "big_bird",
+        hidden_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        intermediate_size=96,
+        vocab_size=1000,
+    )
+    model = AutoModel.from_config(config).eval()
+    arch = architecture_from_config(config.to_dict())
+    assert arch.uses_block_sparse(seq)
+    cost = forward_cost(arch, batch, seq, "float32")
+    assert cost.matmul_flops == pytest.approx(counted_flops(model, batch, seq), rel=0.02)
 
 
 def test_sdpa_and_eager_count_the_same_matrix_flops() -> None:
