@@ -73,7 +73,9 @@ STATIC_DIR = Path(__file__).parent / "static"
 MAX_REQUEST_LINE_BYTES = 8192
 MAX_HEADER_BYTES = 32768
 CLIENT_TIMEOUT_SECONDS = 10.0
-MAX_CONNECTIONS = 64
+# Threads are cheap while idle; each kept-alive scraper holds one. Enough for hundreds of
+# concurrent scrapers (tests/test_load.py runs 200), still a bound on what a flood can take.
+MAX_CONNECTIONS = 512
 REALM = 'Basic realm="scaleprobe", charset="UTF-8"'
 HEALTH_PATHS = ("/healthz", "/readyz")  # answered without credentials (Kubernetes probes)
 
@@ -325,7 +327,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # shutdown() must not wait for a slow client
-    request_queue_size = 64
+    request_queue_size = 128
 
     def __init__(
         self,
