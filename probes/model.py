@@ -184,6 +184,7 @@ def run(
         )
     cache = cache if cache is not None else ModelCache()
     model = cache.get(request.config, request.dtype, request.device)
+    reset_attention_type(model, request.config)
     inputs = random_inputs(request.config, request)
     timer = timer if timer is not None else default_timer(request.device, cuda)
     threads = torch.get_num_threads()
@@ -202,6 +203,8 @@ def run(
     else:
         overhead, peak, detail, extra = _cpu_overhead_and_memory(forward, measurement, static_bytes)
     detail = {"parameter_bytes": static_bytes, **detail}
+    if hasattr(model, "set_attention_type"):
+        detail["attention_type"] = model.attention_type  # what the timed forwards ran
     return PointResult(
         request=request,
         measurement=measurement,
@@ -210,6 +213,17 @@ def run(
         detail=detail,
         other_device_seconds=extra,
     )
+
+
+def reset_attention_type(model: torch.nn.Module, config: Mapping[str, Any]) -> None:
+    """Undo BigBird's sticky fall-back before each point.
+
+    transformers switches a ``block_sparse`` BigBird to full attention *for good* the first time
+    it sees a sequence at or below its threshold (704 tokens by default); a cached model would
+    then run full attention at every later, longer point, unlike the model it is compared with.
+    """
+    if hasattr(model, "set_attention_type"):
+        model.set_attention_type(str(config.get("attention_type", "block_sparse")))
 
 
 def _tensor_bytes(model: torch.nn.Module) -> int:

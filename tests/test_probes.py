@@ -235,6 +235,32 @@ def test_models_are_built_once_per_cache_in_the_requested_dtype() -> None:
     assert first.config.num_hidden_layers == 2 and first.config.hidden_size == 64
 
 
+def test_a_cached_bigbird_runs_block_sparse_again_after_a_short_point() -> None:
+    """transformers falls back to full attention at short sequences and never switches back."""
+    config = {
+        "model_type": "big_bird",
+        "num_hidden_layers": 1,
+        "hidden_size": 32,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "vocab_size": 500,
+        "max_position_embeddings": 512,
+        "attention_type": "block_sparse",
+        "block_size": 8,
+        "num_random_blocks": 1,  # full attention at or below (5 + 2·1)·8 = 56 tokens
+    }
+    cache = model_probe.ModelCache()
+
+    def run(seq: int) -> str:
+        request = model_probe.PointRequest(
+            model="tiny-bigbird", config=config, batch_size=1, seq_len=seq, timing=QUICK
+        )
+        return model_probe.run(request, cache=cache).detail["attention_type"]
+
+    assert run(32) == "original_full"
+    assert run(128) == "block_sparse"
+
+
 def test_a_point_over_the_memory_cap_is_skipped_before_building() -> None:
     with pytest.raises(SkipProbe) as caught:
         model_probe.run(point(batch=64, seq=512, memory_cap_bytes=1024**2))
