@@ -196,13 +196,19 @@ class App:
         return Response(200, html.encode(), "text/html; charset=utf-8")
 
     def static(self, name: str) -> Response:
-        candidate = (self.static_dir / unquote(name)).resolve()
-        if (
-            not name
-            or not candidate.is_relative_to(self.static_dir)
-            or not candidate.is_file()
-            or any(part.startswith(".") for part in candidate.relative_to(self.static_dir).parts)
-        ):
+        try:
+            candidate = (self.static_dir / unquote(name)).resolve()
+            found = (
+                bool(name)
+                and candidate.is_relative_to(self.static_dir)
+                and candidate.is_file()
+                and not any(
+                    part.startswith(".") for part in candidate.relative_to(self.static_dir).parts
+                )
+            )
+        except (OSError, ValueError):  # a NUL byte, a name too long for the filesystem
+            found = False
+        if not found:
             return text(404, f"not found: /static/{name}")
         content_type = mimetypes.guess_type(candidate.name)[0] or "application/octet-stream"
         if content_type.startswith("text/") or content_type == "application/javascript":
