@@ -284,6 +284,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if not self.parse_request():
                 return  # an error was sent
+            if self.headers.defects:  # e.g. a line without a colon: the rest was dropped
+                self.close_connection = True
+                self.send_error(400, "malformed header section")
+                return
             self.respond()
             self.wfile.flush()
         except TimeoutError:
