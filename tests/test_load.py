@@ -105,6 +105,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 @pytest.mark.integration
+@pytest.mark.load
 @pytest.mark.timeout(240)
 def test_hundreds_of_concurrent_scrapes_during_cycles(tmp_path: Path) -> None:
     worker = [sys.executable, FAKE_WORKER, "--delay", "2"]
