@@ -36,7 +36,8 @@ DEFAULT_MODULE_FACTOR = 9.0
 # passes over small tensors, reductions in LayerNorm/softmax, GELU's arithmetic).
 DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO = 0.5
 DEFAULT_CPU_GEMM_HALF_SIZE = 32.0
-MIN_CURVE_SIZE = 64
+# Products smaller than this many FLOPs time the library's per-call set-up, not the curve.
+MIN_CURVE_FLOPS = 1e6
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,12 @@ def gemm_half_size_from_rates(
     """Fit ``rate(x) = peak · x / (x + half)`` to the probe's rates at several sizes (x = min dim).
 
     Each size below the peak gives ``half = x · (peak / rate - 1)``; the geometric mean is robust
-    to one noisy size. Sizes under ``MIN_CURVE_SIZE`` are left out: a 32³ product is 65 kFLOP,
+    to one noisy size. Products under ``MIN_CURVE_FLOPS`` are left out: a 32³ product is 65 kFLOP,
     a few µs, and its time is the library's per-call set-up, not the efficiency curve (on this
-    CPU it alone would put the half size at ~300 where forward passes say ~30). None when no
-    size is clearly below the peak.
+    CPU it alone would put the half size at ~300 where forward passes say ~30). A tall-skinny
+    product (m = 16, n = k = 768: a batch-1 linear layer) is the most informative size: its x is
+    near the knee, so its deficit is large and little disturbed by noise. None when no size is
+    clearly below the peak.
     """
     estimates = []
     # sizes above the one that reached the peak carry no curve information (a larger product
@@ -114,7 +117,8 @@ def gemm_half_size_from_rates(
     )
     for m, n, k, rate in rates:
         x = float(min(m, n, k))
-        if MIN_CURVE_SIZE <= x < peak_size and 0 < rate < 0.97 * peak:
+        big_enough = 2.0 * m * n * k >= MIN_CURVE_FLOPS
+        if big_enough and x < peak_size and 0 < rate < 0.97 * peak:
             estimates.append(x * (peak / rate - 1.0))
     if not estimates:
         return None

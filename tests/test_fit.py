@@ -80,6 +80,12 @@ def test_calibration_from_probes() -> None:
     assert params.module_seconds > params.dispatch_seconds
 
 
+def test_half_size_from_a_tall_skinny_product() -> None:
+    # a batch-1 linear layer's shape: x = 16, rate 0.35 of the peak -> half = 16 * (1/0.35 - 1)
+    rates = [(16, 768, 768, 0.35 * 1.9e11), (2048, 2048, 2048, 1.9e11)]
+    assert gemm_half_size_from_rates(rates, 1.9e11) == pytest.approx(16 * (1 / 0.35 - 1))
+
+
 def test_half_size_ignores_sizes_past_the_peak() -> None:
     rates = [(128, 128, 128, 1.5e11), (512, 512, 512, 1.9e11), (2048, 2048, 2048, 1.4e11)]
     assert gemm_half_size_from_rates(rates, 1.9e11) == pytest.approx(128 * (1.9 / 1.5 - 1))
