@@ -348,6 +348,8 @@ def test_logfmt_lines_quote_what_needs_quoting() -> None:
         logging.getLogger("scaleprobe.test").debug("quiet", extra={"device": "cpu"})
     finally:
         logging.getLogger("scaleprobe").removeHandler(handler)
+        logging.getLogger("scaleprobe").propagate = True  # caplog in later tests needs it
+        logging.getLogger("apscheduler").propagate = True
     first, second = stream.getvalue().splitlines()
     assert re.match(r"^ts=\S+Z level=warn logger=scaleprobe.test ", first)
     assert (
