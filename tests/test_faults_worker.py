@@ -87,7 +87,6 @@ class DaemonProcess:
         *extra: str,
         name: str = "daemon",
         listen: str = "127.0.0.1:0",
-        prefix: tuple[str, ...] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.config_path = tmp_path / f"{name}.yml"
@@ -99,7 +98,6 @@ class DaemonProcess:
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(
                 [
-                    *prefix,
                     sys.executable,
                     "-m",
                     "scaleprobe.exporter.cli",
