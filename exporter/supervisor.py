@@ -34,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -42,6 +42,7 @@ SCHEMA = "scaleprobe.worker/1"
 OUTCOMES = ("ok", "failed", "timeout", "malformed")
 ENTRY_OUTCOMES = ("ok", "failed", "skipped_busy", "skipped_memory", "skipped_budget")
 STDERR_TAIL_LINES = 40
+MAX_STDERR_LINE_BYTES = 8192  # longer stderr lines are cut (and the rest of the line dropped)
 # A result document larger than this is not one the worker would write: stop reading, malformed.
 MAX_STDOUT_BYTES = 32 * 1024**2
 KILL_GRACE_SECONDS = 5.0
@@ -281,7 +282,7 @@ def _read_stderr(
     """Relay progress events to ``on_event`` and every other line to the log."""
     if stream is None:
         return
-    for raw in stream:
+    for raw in _bounded_lines(stream, MAX_STDERR_LINE_BYTES):
         line = raw.decode("utf-8", "replace").rstrip("\n")
         if not line.strip():
             continue
@@ -296,6 +297,17 @@ def _read_stderr(
             continue
         log.info("worker: %s", line, extra={"device": device})
     stream.close()
+
+
+def _bounded_lines(stream: IO[bytes], limit: int) -> Iterator[bytes]:
+    """The stream's lines, each cut to ``limit`` bytes: a worker that prints megabytes without a
+    newline (a tensor's repr, a runaway progress bar) must not make the daemon hold them."""
+    skipping = False
+    while chunk := stream.readline(limit):
+        complete = chunk.endswith(b"\n")
+        if not skipping:
+            yield chunk if complete else chunk + b" [line truncated]"
+        skipping = not complete
 
 
 def _parse_event(line: str) -> dict[str, Any] | None:
