@@ -159,10 +159,10 @@ class DaemonProcess:
                 raise AssertionError(f"timed out waiting for {what}; log:\n{self.log()[-4000:]}")
             time.sleep(0.1)
 
-    def rss_bytes(self) -> int:
-        """VmRSS of the daemon process, from /proc."""
+    def rss_bytes(self, field: str = "VmRSS") -> int:
+        """VmRSS (or VmHWM, the peak) of the daemon process, from /proc."""
         status = Path(f"/proc/{self.process.pid}/status").read_text()
-        match = re.search(r"^VmRSS:\s+(\d+) kB$", status, re.MULTILINE)
+        match = re.search(rf"^{field}:\s+(\d+) kB$", status, re.MULTILINE)
         assert match, status
         return int(match.group(1)) * 1024
 
@@ -227,6 +227,13 @@ elif mode == "exit":
     sys.exit(3)
 elif mode == "truncated":
     print(document[: len(document) // 2])
+elif mode == "stderr-flood":  # 64 MiB of log on one line, then a good result
+    chunk = "x" * 65536
+    for _ in range(1024):
+        sys.stderr.write(chunk)
+    sys.stderr.write("\\n")
+    sys.stderr.flush()
+    print(document)
 elif mode == "malformed":
     print(json.dumps({{"schema": "scaleprobe.worker/1", "device": "cpu", "probes": "none"}}))
 else:
@@ -327,6 +334,30 @@ def test_a_worker_fault_keeps_the_last_snapshot_backs_off_and_recovers(
     for pid in pids_file.read_text().split() if pids_file.exists() else []:
         with pytest.raises(ProcessLookupError):
             os.kill(int(pid), 0)
+
+
+@pytest.mark.integration
+def test_a_worker_flooding_stderr_on_one_line_does_not_bloat_the_daemon(
+    faulty: tuple[DaemonProcess, Path],
+) -> None:
+    """A worker that prints 64 MiB without a newline (a tensor's repr, a runaway progress bar):
+    the daemon keeps a bounded piece of the line, its peak memory and its log stay small, and
+    the cycle's result is used."""
+    daemon, flag = faulty
+    before = daemon.wait_for(lambda s: up(s) == 1.0, "a good cycle")
+    peak_before = daemon.rss_bytes("VmHWM")
+    log_before = daemon.log_path.stat().st_size
+    ok_before = runs(before, "ok")
+    flag.write_text("stderr-flood")
+    try:
+        daemon.wait_for(lambda s: runs(s, "ok") > ok_before + 1, "cycles with a flooded stderr")
+    finally:
+        flag.unlink(missing_ok=True)
+    peak_growth = daemon.rss_bytes("VmHWM") - peak_before
+    log_growth = daemon.log_path.stat().st_size - log_before
+    assert peak_growth < 32 * 2**20, f"peak RSS grew {peak_growth / 2**20:.0f} MiB"
+    assert log_growth < 2**20, f"the log grew {log_growth / 2**20:.0f} MiB"
+    assert "[line truncated]" in daemon.log()
 
 
 # --- a real worker: an out-of-memory point, simulated by the memory cap ----------------------
