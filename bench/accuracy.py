@@ -43,6 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
+    STATISTICS,
     TINY_CONFIG,
     TINY_NAME,
     PointKey,
@@ -251,8 +252,9 @@ def params_from(records: Sequence[Mapping[str, Any]]) -> DeviceParams:
 class Scorer:
     """Predictions of saved points under one set of device parameters."""
 
-    def __init__(self, data: Mapping[str, Any]) -> None:
+    def __init__(self, data: Mapping[str, Any], stat: str = "median") -> None:
         self.data = data
+        self.stat = stat
         self.architectures = architectures_of(data)
         self.points = {
             PointKey(p["model"], p["batch_size"], p["seq_len"], p["dtype"], p["threads"]): p
@@ -260,7 +262,11 @@ class Scorer:
         }
 
     def measured(self, key: PointKey) -> float:
-        return float(self.points[key]["latency_seconds"])
+        """The point's ground truth: ``stat`` over the rounds' latencies (median by default)."""
+        point = self.points[key]
+        if self.stat == "median":
+            return float(point["latency_seconds"])
+        return float(STATISTICS[self.stat]([r["latency_seconds"] for r in point["rounds"]]))
 
     def error(self, params: DeviceParams, key: PointKey) -> float:
         predicted = predict(
@@ -305,12 +311,12 @@ def multipliers_theta(report: fit.FitReport) -> list[float]:
     return [math.log(report.multipliers.get(name, 1.0)) for name in fit.FREE_PARAMETERS]
 
 
-def score(data: Mapping[str, Any]) -> dict[str, Any]:
+def score(data: Mapping[str, Any], stat: str = "median") -> dict[str, Any]:
     """Every table of the report, from saved measurements and the current performance model."""
     s = data["settings"]
     threads, models = s["threads"], s["models"]
     batches, seqs = s["batch_sizes"], s["seq_lens"]
-    scorer = Scorer(data)
+    scorer = Scorer(data, stat)
     calibrations = data["calibrations"]
 
     def calibs(dtype: str, t: int) -> list[Mapping[str, Any]]:
@@ -326,7 +332,12 @@ def score(data: Mapping[str, Any]) -> dict[str, Any]:
     }
     k_points = {k: fit_points(batches, seqs, k) for k in (4, 8)}
     two = two_points(batches, seqs)
-    result: dict[str, Any] = {"calibration": main.to_dict(), "accuracy": {}, "fit_points": {}}
+    result: dict[str, Any] = {
+        "statistic": stat,
+        "calibration": main.to_dict(),
+        "accuracy": {},
+        "fit_points": {},
+    }
     result["fit_points"] = {
         "two_point": two,
         "refit_k4": k_points[4],
@@ -364,7 +375,7 @@ def score(data: Mapping[str, Any]) -> dict[str, Any]:
     for model in models:
         rows: dict[str, list[float]] = {}
         for key in grid[model]:
-            halves = split_halves(scorer.points[key]) if key in scorer.points else None
+            halves = split_halves(scorer.points[key], stat) if key in scorer.points else None
             if halves:
                 rows.setdefault(str(key.batch_size), []).append(throughput_error(*halves))
         if rows:
@@ -507,7 +518,8 @@ def render(data: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
     m = data["machine"]
     lines = [
         f"accuracy: {m.get('cpu_model')}, torch {m.get('torch_version')}, "
-        f"{s['threads']} threads, float32, {s['rounds']} rounds, measured {m.get('date')}, "
+        f"{s['threads']} threads, float32, {s['rounds']} rounds "
+        f"({scores.get('statistic', 'median')} per point), measured {m.get('date')}, "
         f"load average at start {m.get('load_average', ['?'])[0]:.2f}, "
         f"sweep {data.get('duration_seconds', 0) / 60:.1f} min",
         "",
@@ -584,7 +596,7 @@ def render(data: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
 
 def detail(data: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
     """Every measured point against the probes-only and the in-sample refit prediction."""
-    scorer = Scorer(data)
+    scorer = Scorer(data, scores.get("statistic", "median"))
     main = DeviceParams.from_dict(scores["calibration"])
     lines = [
         f"{'model':22} {'b':>3} {'s':>4} {'dtype':8} {'t':>1} {'measured_ms':>11} "
@@ -623,6 +635,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--detail", action="store_true", help="also print every point's error")
     parser.add_argument(
+        "--stat",
+        choices=sorted(STATISTICS),
+        default="median",
+        help="ground truth per point over the rounds: median (what the daemon reports) or min "
+        "(the least contended round, for a loaded machine)",
+    )
+    parser.add_argument(
         "--noise-against",
         metavar="FILE.json",
         help="another run of the same grid: report the noise floor between the two runs too",
@@ -657,7 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = read_json(args.load) if args.load else measure(args)
     if args.noise_against:
         data["other_run_points"] = read_json(args.noise_against)["points"]
-    scores = score(data)
+    scores = score(data, args.stat)
     data = {**data, "scores": scores}
     if args.out:
         write_json(args.out, data)

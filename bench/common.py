@@ -302,14 +302,20 @@ def mape(errors: Iterable[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def split_halves(record: Mapping[str, Any]) -> tuple[float, float] | None:
-    """Medians of the even and of the odd rounds of one point: two independent sweeps."""
+STATISTICS: dict[str, Callable[[Sequence[float]], float]] = {
+    "median": statistics.median,
+    "min": min,
+}
+
+
+def split_halves(record: Mapping[str, Any], stat: str = "median") -> tuple[float, float] | None:
+    """The even and the odd rounds of one point, each reduced by ``stat``: two sweeps."""
     rounds = sorted(record.get("rounds") or [], key=lambda r: r["round"])
     even = [r["latency_seconds"] for r in rounds if r["round"] % 2 == 0]
     odd = [r["latency_seconds"] for r in rounds if r["round"] % 2 == 1]
     if not even or not odd:
         return None
-    return statistics.median(even), statistics.median(odd)
+    return STATISTICS[stat](even), STATISTICS[stat](odd)
 
 
 # --- files ---------------------------------------------------------------------------------------

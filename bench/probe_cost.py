@@ -258,7 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             config = default_config(devices=("cpu",))
         info = machine()
-        stderr_log(f"{cycles} cycles, then the full sweep of {len(config.grid())} grid points")
+        stderr_log(
+            f"{cycles} cycles, then the full sweep of "
+            f"{len(config.models) * len(config.grid())} points"
+        )
         document: dict[str, Any] = {
             "schema": SCHEMA,
             "machine": info,
