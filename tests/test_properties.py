@@ -1,7 +1,8 @@
-"""Property-based tests (hypothesis) of the two loaders that read what users and crashes leave.
+"""Property-based tests (hypothesis) of the loaders that read what users and crashes leave.
 
 - The config loader, fed random documents (random values under the real keys, random keys, random
-  YAML text), returns a ``Config`` or raises ``InputError``: never any other exception.
+  YAML text), returns a ``Config`` or raises ``InputError``: never any other exception. So does
+  the web config parser.
 - The state loader, fed random bytes or a real state document with one value anywhere replaced
   by random JSON, returns ``None`` (the file moved aside) or a snapshot the daemon can use: it
   renders, serves as JSON, seeds a ``Daemon`` and writes back unchanged. Never an exception.
@@ -36,6 +37,7 @@ from scaleprobe.exporter.daemon import Daemon
 from scaleprobe.exporter.http import default_registry
 from scaleprobe.exporter.snapshot import Snapshot
 from scaleprobe.exporter.state import load_snapshot, save_snapshot
+from scaleprobe.exporter.webconfig import WebConfig, parse_web_config
 from scaleprobe.models.errors import InputError
 
 NO_NVML = FakeNVML(fail_init=True)  # this machine has none; the fake fails the same way, faster
@@ -158,6 +160,48 @@ def test_a_random_config_file_loads_or_is_an_input_error(tmp_path: Path, text: s
         assert isinstance(load_config(path, nvml=NO_NVML), Config)
     except InputError as error:
         assert str(error).strip()
+
+
+GOOD_HASH = "$2b$04$" + "a" * 53
+TLS_KEYS = ("cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version")
+web_documents = st.one_of(
+    values,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "tls_server_config": st.one_of(
+                values,
+                st.dictionaries(
+                    st.sampled_from((*TLS_KEYS, "max_version", "cipher_suites")),
+                    st.one_of(
+                        values,
+                        st.sampled_from(["RequireAndVerifyClientCert", "TLS13", "TLS09", "x.crt"]),
+                    ),
+                    max_size=5,
+                ),
+            ),
+            "http_server_config": st.one_of(
+                values, st.fixed_dictionaries({}, optional={"headers": values, "http2": values})
+            ),
+            "basic_auth_users": st.one_of(
+                values,
+                st.dictionaries(st.text(max_size=6), st.one_of(values, st.just(GOOD_HASH))),
+            ),
+        },
+    ),
+)
+
+
+@PROPERTY_SETTINGS
+@given(document=web_documents)
+def test_the_web_config_parser_returns_a_config_or_raises_input_error(document: Any) -> None:
+    try:
+        web_config = parse_web_config(document, base_dir=Path(tempfile.gettempdir()))
+    except InputError as error:
+        assert str(error).strip()
+        return
+    assert isinstance(web_config, WebConfig)
+    assert all(isinstance(user, str) for user in web_config.basic_auth_users)
 
 
 # --- the state loader ----------------------------------------------------------------------------
