@@ -259,6 +259,9 @@ def _time_only(point: Any, cache: Any, timer: Any = None) -> dict[str, Any]:
     from scaleprobe.probes.timing import measure
 
     model = cache.get(point.config, point.dtype, point.device)
+    reset = getattr(model_probe, "reset_attention_type", None)
+    if reset is not None:  # as model.run does: BigBird's fall-back to full attention is sticky
+        reset(model, point.config)
     inputs = model_probe.random_inputs(point.config, point)
 
     def forward() -> object:
