@@ -369,18 +369,7 @@ def _layer(
         kernels += _full_attention(arch, batch, seq, e, fused=attention == "sdpa", layer=layer)
     kernels += [
         _linear("attention_output_projection", tokens, h, h, e, layer=layer, modules=3),
-        _elementwise("residual_add", ELEMENTWISE, tokens * h, 1, 3, e, host_ops=1, layer=layer),
-        _elementwise(
-            "layer_norm",
-            NORM,
-            tokens * h,
-            _NORM_FLOPS_PER_ELEMENT,
-            2,
-            e,
-            host_ops=1,
-            layer=layer,
-            modules=1,
-        ),
+        *_add_and_norm(tokens, h, e, layer),
         _linear("ffn_up", tokens, f, h, e, layer=layer, modules=2),
         # gelu_new is eight separate elementwise kernels (pow, mul, add, mul, tanh, add, mul, mul)
         _elementwise(
@@ -396,6 +385,14 @@ def _layer(
             modules=1,
         ),
         _linear("ffn_down", tokens, h, f, e, layer=layer, modules=3),
+        *_add_and_norm(tokens, h, e, layer),
+    ]
+    return kernels
+
+
+def _add_and_norm(tokens: int, h: int, e: int, layer: int) -> list[Kernel]:
+    """The residual add and the layer norm that close each sub-block of a layer."""
+    return [
         _elementwise("residual_add", ELEMENTWISE, tokens * h, 1, 3, e, host_ops=1, layer=layer),
         _elementwise(
             "layer_norm",
@@ -409,7 +406,6 @@ def _layer(
             modules=1,
         ),
     ]
-    return kernels
 
 
 def attention_kind(arch: Architecture, seq_len: int) -> str:
