@@ -9,16 +9,20 @@ does. Inside, every probe runs through ``guard.run_guarded``: an exception becom
 ``failed`` entry, never a dead worker. Anything a library prints to stdout is diverted to stderr,
 so stdout carries the result document and nothing else.
 
-Exit codes: 0 result printed, 2 bad request (one line on stderr saying what is wrong).
+Exit codes: 0 result printed, 2 bad request (one line on stderr saying what is wrong), 3 the
+parent (the exporter) died: the worker runs in its own session, so a ``kill -9`` of the exporter
+does not reach it, and a watchdog thread ends it instead of letting it probe on for nobody.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +36,9 @@ POINT_BUDGET_SECONDS = 2.0
 POINT_MAX_SECONDS = 4.0
 DEFAULT_BUDGET_SECONDS = 60.0
 DEFAULT_MEMORY_CAP_BYTES = 2 * 1024**3
+# How often the watchdog checks that the exporter that started the worker is still alive.
+PARENT_POLL_SECONDS = 0.5
+EXIT_PARENT_GONE = 3
 
 log = logging.getLogger("scaleprobe.probes.worker")
 
@@ -290,16 +297,53 @@ def run_request(
     }
 
 
+def exit_with_parent(
+    parent_pid: int,
+    *,
+    stderr: IO[str],
+    poll_seconds: float = PARENT_POLL_SECONDS,
+    get_parent_pid: Callable[[], int] = os.getppid,
+    exit_process: Callable[[int], None] = os._exit,
+) -> threading.Thread:
+    """Start a daemon thread that ends this process once ``parent_pid`` is no longer its parent.
+
+    A dead parent's children are re-parented (to init or a subreaper), so a changed parent pid
+    means the exporter is gone and nobody will read the result. Polling is portable and does not
+    depend on which thread spawned the worker, unlike Linux's ``PR_SET_PDEATHSIG``.
+    """
+
+    def watch() -> None:
+        while get_parent_pid() == parent_pid:
+            time.sleep(poll_seconds)
+        with contextlib.suppress(OSError, ValueError):  # stderr may be the dead parent's pipe
+            stderr.write(
+                f"scaleprobe worker: error: the exporter (pid {parent_pid}) is gone; stopping\n"
+            )
+            stderr.flush()
+        exit_process(EXIT_PARENT_GONE)
+
+    thread = threading.Thread(target=watch, name="parent-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(
     stdin: IO[str] | None = None,
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
     *,
     nvml: Any = "default",
+    parent_pid: int | None = None,
 ) -> int:
-    """Read the request, run it, print the result; return the exit code."""
+    """Read the request, run it, print the result; return the exit code.
+
+    With ``parent_pid`` (the command line passes the exporter's pid), the process exits with
+    code 3 as soon as that parent dies.
+    """
     stdin = stdin if stdin is not None else sys.stdin
     stderr = stderr if stderr is not None else sys.stderr
+    if parent_pid is not None:
+        exit_with_parent(parent_pid, stderr=stderr)
     if stdout is None:
         stdout = _divert_stdout()
     logging.basicConfig(
@@ -344,4 +388,4 @@ def _divert_stdout() -> IO[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(parent_pid=os.getppid()))

@@ -5,15 +5,28 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from scaleprobe.exporter.supervisor import run_worker, validate_result
 from scaleprobe.models.architecture import PRESETS
-from scaleprobe.probes.worker import SCHEMA, RequestError, main, parse_request, run_request
+from scaleprobe.probes.worker import (
+    EXIT_PARENT_GONE,
+    SCHEMA,
+    RequestError,
+    exit_with_parent,
+    main,
+    parse_request,
+    run_request,
+)
 
 TINY_BERT = {
     "model_type": "bert",
@@ -199,3 +212,73 @@ def test_the_three_paper_presets_run_at_one_tiny_point() -> None:
         arch = PRESETS[entry["model"]]
         # The model built is the preset's size: its weights are at least the preset's parameters.
         assert entry["detail"]["parameter_bytes"] >= 4 * arch.parameter_count() * 0.99
+
+
+def test_the_watchdog_ends_the_worker_once_its_parent_pid_changes() -> None:
+    parents = iter([100, 100, 100, 1])
+    exited: list[int] = []
+    done = threading.Event()
+
+    def exit_process(code: int) -> None:
+        exited.append(code)
+        done.set()
+
+    stderr = io.StringIO()
+    exit_with_parent(
+        100,
+        stderr=stderr,
+        poll_seconds=0.001,
+        get_parent_pid=lambda: next(parents),
+        exit_process=exit_process,
+    )
+    assert done.wait(10)
+    assert exited == [EXIT_PARENT_GONE]
+    assert "the exporter (pid 100) is gone" in stderr.getvalue()
+
+
+def test_a_worker_whose_exporter_is_killed_does_not_probe_on(tmp_path: Path) -> None:
+    """kill -9 of the process that started the worker (in its own session, as the supervisor
+    starts it): the worker, busy on points with a long budget, exits within seconds."""
+    points = [
+        {"model": f"tiny-{i}", "config": TINY_BERT, "batch_size": 1, "seq_len": 8}
+        for i in range(2000)
+    ]
+    request_file = tmp_path / "request.json"
+    request_file.write_text(json.dumps(request(points=points, budget_seconds=600)))
+    stderr_file = tmp_path / "worker.stderr"
+    parent_code = (
+        "import subprocess, sys, time\n"
+        f"with open({str(request_file)!r}) as stdin, open({str(stderr_file)!r}, 'w') as err:\n"
+        "    worker = subprocess.Popen([sys.executable, '-m', 'scaleprobe.probes.worker'],\n"
+        "        stdin=stdin, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)\n"
+        "print(worker.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    worker_pid = int(parent.stdout.readline())
+    try:
+        deadline = time.monotonic() + 120
+        while '"done": 3' not in stderr_file.read_text():  # it is running points
+            assert time.monotonic() < deadline, stderr_file.read_text()[-2000:]
+            time.sleep(0.1)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while process_alive(worker_pid):
+            assert time.monotonic() < deadline, "the orphaned worker is still running"
+            time.sleep(0.1)
+    finally:
+        parent.kill()
+        if process_alive(worker_pid):
+            os.kill(worker_pid, signal.SIGKILL)
+    assert "is gone; stopping" in stderr_file.read_text()
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for init to reap it counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
