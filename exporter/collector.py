@@ -13,6 +13,7 @@ collectors. Cardinality is bounded by the snapshot, which holds only the configu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import statistics
@@ -312,6 +313,9 @@ SUCCESS = MetricSpec(
 )
 
 
+AGE = next(spec for spec in SPECS if spec.name == "scaleprobe_snapshot_age_seconds")
+
+
 def package_version() -> str:
     """The installed scaleprobe version, or "unknown" when running from an uninstalled tree."""
     try:
@@ -382,19 +386,41 @@ model="bert-base"} 14.1
         self._version = package_version() if version is None else version
 
     def collect(self) -> Iterator[Metric]:
-        success = _Families([SUCCESS])
+        snapshot: Snapshot | None = None
         try:
-            families = self.render(self._get_snapshot())
-            success.add(SUCCESS.name, [], 1.0)
+            snapshot = self._get_snapshot()
+            families, rendered = self.snapshot_families(snapshot)
+        except Exception:  # a scrape must never fail because of the snapshot source
+            log.exception("reading the snapshot failed", extra={"probe": "collector"})
+            families, rendered = [], False
+        yield from families
+        yield from self.live_families(snapshot, rendered)
+
+    def snapshot_families(self, snapshot: Snapshot | None) -> tuple[list[Metric], bool]:
+        """The families that depend on ``snapshot`` alone, and whether rendering them worked.
+
+        They stay the same for as long as the snapshot is served, so ``/metrics`` encodes them
+        once per snapshot (``exporter.exposition``); what changes between scrapes of one
+        snapshot is in ``live_families``.
+        """
+        try:
+            return self.render(snapshot), True
         except Exception:  # a scrape must never fail because of the snapshot
             log.exception("rendering the snapshot failed", extra={"probe": "collector"})
-            families = []
-            success.add(SUCCESS.name, [], 0.0)
-        yield from families
-        yield from success.nonempty()
+            return [], False
+
+    def live_families(self, snapshot: Snapshot | None, rendered: bool) -> list[Metric]:
+        """The snapshot's age (read from ``clock`` now) and ``scaleprobe_collector_success``."""
+        out = _Families([AGE, SUCCESS])
+        if snapshot is not None:
+            with contextlib.suppress(Exception):  # a malformed snapshot: no age, success 0 above
+                age_seconds = max(0.0, self._clock() - snapshot.created_at_seconds)
+                out.add(AGE.name, [], age_seconds)
+        out.add(SUCCESS.name, [], 1.0 if rendered else 0.0)
+        return out.nonempty()
 
     def render(self, snapshot: Snapshot | None) -> list[Metric]:
-        """All metric families for ``snapshot`` (raises on a malformed snapshot)."""
+        """The families of ``snapshot`` but its age (raises on a malformed snapshot)."""
         out = _Families(SPECS)
         build = _build_versions(snapshot)
         out.add(
@@ -408,8 +434,6 @@ model="bert-base"} 14.1
         )
         if snapshot is not None:
             out.add("scaleprobe_snapshot_timestamp_seconds", [], snapshot.created_at_seconds)
-            age_seconds = max(0.0, self._clock() - snapshot.created_at_seconds)
-            out.add("scaleprobe_snapshot_age_seconds", [], age_seconds)
             for device in snapshot.devices:
                 _render_device(out, device)
             out.add("scaleprobe_state_write_errors_total", [], snapshot.state_write_errors_total)

@@ -6,7 +6,7 @@ Usage (the daemon does this)::
     ...                                  # serves from a background thread
     server.shutdown()                    # stops accepting, closes the socket
 
-``serve(get_snapshot, listen_address, web_config=None, status_page=None, *, registry=None,
+``serve(get_snapshot, listen_address, web_config=None, status_page=None, *, exposition=None,
 clock=time.time, stale_after_seconds=None, static_dir=STATIC_DIR,
 client_timeout_seconds=CLIENT_TIMEOUT_SECONDS) -> Server``
 
@@ -19,8 +19,9 @@ client_timeout_seconds=CLIENT_TIMEOUT_SECONDS) -> Server``
 - ``status_page``: a function from the ``/api/v1/curves`` document to HTML for ``/``; by default
   ``scaleprobe.exporter.status_page.render_status_page`` if that module exists, else a plain
   landing page with links.
-- ``registry``: the prometheus-client registry to expose; by default a fresh one holding a
-  ``SnapshotCollector`` over ``get_snapshot`` and the process collector (RSS, CPU, open fds).
+- ``exposition``: what ``/metrics`` serves (``exporter.exposition.Exposition``); by default a
+  ``SnapshotCollector`` over ``get_snapshot``, encoded once per snapshot, and the process
+  collector (RSS, CPU, open fds), encoded at every scrape.
 
 Routes: ``/metrics`` (text format, or OpenMetrics when the Accept header asks; gzip when
 accepted), ``/api/v1/capacity``, ``/api/v1/curves``, ``/healthz`` (the process answers),
@@ -59,10 +60,10 @@ from typing import Any, BinaryIO, Protocol
 from urllib.parse import unquote
 
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.exposition import choose_encoder, gzip_accepted
-from prometheus_client.registry import Collector
+from prometheus_client.exposition import gzip_accepted
 from scaleprobe.exporter.api import capacity_document, curves_document
 from scaleprobe.exporter.collector import SnapshotCollector
+from scaleprobe.exporter.exposition import Exposition
 from scaleprobe.exporter.snapshot import Snapshot
 from scaleprobe.exporter.webconfig import BasicAuth, WebConfig
 from scaleprobe.models.errors import InputError
@@ -133,14 +134,14 @@ class App:
     def __init__(
         self,
         get_snapshot: Callable[[], Snapshot | None],
-        registry: Collector,
+        exposition: Exposition,
         status_page: StatusPage | None,
         clock: Callable[[], float],
         stale_after_seconds: float | None,
         static_dir: Path,
     ) -> None:
         self.get_snapshot = get_snapshot
-        self.registry = registry
+        self.exposition = exposition
         self.status_page = status_page
         self.clock = clock
         self.stale_after_seconds = stale_after_seconds
@@ -167,8 +168,7 @@ class App:
         return curves_document(self.get_snapshot(), self.clock(), self.stale_after_seconds)
 
     def metrics(self, headers: Headers) -> Response:
-        encoder, content_type = choose_encoder(headers.get("Accept", ""))
-        body = encoder(self.registry)
+        body, content_type = self.exposition.encode(headers.get("Accept", ""))
         extra = {"Vary": "Accept, Accept-Encoding", "Cache-Control": "no-store"}
         if gzip_accepted(headers.get("Accept-Encoding", "")):
             body = gzip.compress(body, compresslevel=6)
@@ -428,10 +428,18 @@ class Server:
 
 
 def default_registry(get_snapshot: Callable[[], Snapshot | None]) -> CollectorRegistry:
+    """The registry equivalent of ``default_exposition``: same families, same order."""
     registry = CollectorRegistry()
     registry.register(SnapshotCollector(get_snapshot))
     ProcessCollector(registry=registry)
     return registry
+
+
+def default_exposition(get_snapshot: Callable[[], Snapshot | None]) -> Exposition:
+    """What ``/metrics`` serves: the snapshot's series, then the process collector's."""
+    return Exposition(
+        get_snapshot, SnapshotCollector(get_snapshot), [ProcessCollector(registry=None)]
+    )
 
 
 def _bind_address(host: str, port: int) -> tuple[tuple[Any, ...], socket.AddressFamily]:
@@ -453,7 +461,7 @@ def serve(
     web_config: WebConfig | None = None,
     status_page: StatusPage | None = None,
     *,
-    registry: Collector | None = None,
+    exposition: Exposition | None = None,
     clock: Callable[[], float] = time.time,
     stale_after_seconds: float | None = None,
     static_dir: Path = STATIC_DIR,
@@ -464,7 +472,7 @@ def serve(
     address, family = _bind_address(host, port)
     app = App(
         get_snapshot,
-        registry if registry is not None else default_registry(get_snapshot),
+        exposition if exposition is not None else default_exposition(get_snapshot),
         status_page if status_page is not None else load_status_page(),
         clock,
         stale_after_seconds,

@@ -26,6 +26,7 @@ from scaleprobe.exporter.http import (
     MAX_REQUEST_LINE_BYTES,
     App,
     Server,
+    default_exposition,
     parse_listen_address,
     serve,
 )
@@ -163,16 +164,11 @@ def test_status_page_gets_the_curves_document(server: Server) -> None:
 
 
 def test_landing_page_without_a_status_page(tmp_path: Path) -> None:
-    app = App(sample_snapshot, _no_registry(), None, lambda: NOW, None, tmp_path)
+    exposition = default_exposition(sample_snapshot)
+    app = App(sample_snapshot, exposition, None, lambda: NOW, None, tmp_path)
     response = app.respond("/", {})
     assert response.status == 200
     assert b'href="metrics"' in response.body
-
-
-def _no_registry() -> Any:
-    from prometheus_client import CollectorRegistry
-
-    return CollectorRegistry()
 
 
 def test_static_files_only_from_the_static_dir(tmp_path: Path, holder: Holder) -> None:
