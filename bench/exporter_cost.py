@@ -105,15 +105,14 @@ def render_cpu_ms(state_path: Path, repeats: int = 200) -> dict[str, float]:
     return figures
 
 
-def write_config(directory: Path, fake_worker: bool, nice_worker: bool) -> Path:
-    worker: dict[str, object] = {"timeout_seconds": 300, "backoff_initial_seconds": 5}
-    command = [sys.executable, "-m", "scaleprobe.probes.worker"]
+def write_config(directory: Path, fake_worker: bool, worker_nice: int) -> Path:
+    worker: dict[str, object] = {
+        "timeout_seconds": 300,
+        "backoff_initial_seconds": 5,
+        "nice": worker_nice,
+    }
     if fake_worker:
-        command = [sys.executable, str(ROOT / "tests" / "fake_worker.py"), "--delay", "5"]
-    if nice_worker:
-        command = ["nice", "-n", "10", *command]
-    if fake_worker or nice_worker:
-        worker["command"] = command
+        worker["command"] = [sys.executable, str(ROOT / "tests" / "fake_worker.py"), "--delay", "5"]
     config = {
         "devices": ["cpu"],
         "models": [
@@ -148,9 +147,10 @@ def main() -> int:
     )
     parser.add_argument("--fake-worker", action="store_true", help="tests/fake_worker.py")
     parser.add_argument(
-        "--nice-worker",
-        action="store_true",
-        help="run the worker under `nice -n 10` (worker.command), so scrapes win the CPU",
+        "--worker-nice",
+        type=int,
+        default=10,
+        help="worker.nice (the default config's 10: scrapes win the CPU; 0: equal priority)",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
@@ -167,7 +167,7 @@ def main() -> int:
                 "-m",
                 "scaleprobe.exporter.cli",
                 "run",
-                f"--config.file={write_config(directory, args.fake_worker, args.nice_worker)}",
+                f"--config.file={write_config(directory, args.fake_worker, args.worker_nice)}",
                 f"--web.listen-address=127.0.0.1:{port}",
                 "--log.level=warn",
             ],
@@ -261,8 +261,7 @@ def main() -> int:
         }
 
     figures = {
-        "worker": ("fake" if args.fake_worker else "real")
-        + (" (nice 10)" if args.nice_worker else ""),
+        "worker": ("fake" if args.fake_worker else "real") + f" (nice {args.worker_nice})",
         "clients": args.clients,
         "interval_seconds": args.interval_seconds,
         "seconds": args.seconds,

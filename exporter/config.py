@@ -17,7 +17,7 @@ The shape::
     schedule: {interval_seconds: 300, jitter_seconds: 30, cycle_budget_seconds: 60,
                points_per_cycle: 6}
     guard: {max_utilization_ratio: 0.5, min_free_memory_bytes: 1GiB, memory_cap_bytes: 4GiB}
-    worker: {timeout_seconds: 600, command: null, backoff_initial_seconds: 300,
+    worker: {timeout_seconds: 600, command: null, nice: 10, backoff_initial_seconds: 300,
              backoff_max_seconds: 3600}
     state: {file: null, history_max_samples: 2016, history_max_age_seconds: 604800}
     baseline: {mode: first}
@@ -89,6 +89,7 @@ class Config:
     memory_cap_bytes: int = 4 * 2**30
     worker_timeout_seconds: float = 600.0
     worker_command: tuple[str, ...] | None = None  # None: python -m scaleprobe.probes.worker
+    worker_nice: int = 10  # added to the exporter's niceness: the serving workload wins the CPU
     backoff_initial_seconds: float = 300.0
     backoff_max_seconds: float = 3600.0
     state_file: str | None = None  # None: $XDG_STATE_HOME/scaleprobe/state.json
@@ -529,7 +530,7 @@ def config_from_dict(
     check.keys(
         "worker",
         worker,
-        ("timeout_seconds", "command", "backoff_initial_seconds", "backoff_max_seconds"),
+        ("timeout_seconds", "command", "nice", "backoff_initial_seconds", "backoff_max_seconds"),
     )
     values["worker_timeout_seconds"] = check.number(
         "worker.timeout_seconds",
@@ -556,6 +557,9 @@ def config_from_dict(
         )
         command = None
     values["worker_command"] = tuple(command) if command else None
+    values["worker_nice"] = check.number(
+        "worker.nice", worker.get("nice", 10), minimum=0, maximum=19, integer=True
+    )
     values["backoff_initial_seconds"] = check.number(
         "worker.backoff_initial_seconds", worker.get("backoff_initial_seconds", 300), minimum=0
     )

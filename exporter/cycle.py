@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import statistics
 import sys
 import threading
@@ -590,10 +591,23 @@ def apply_result(
 
 
 def worker_command(config: Config) -> list[str]:
-    """The worker's command line: the configured one, else this Python running the real worker."""
+    """The worker's command line: the configured one, else this Python running the real worker;
+    under ``nice -n worker.nice`` (coreutils), so that the serving workload, and the exporter's
+    own scrapes, win the CPU over the probes. Without a ``nice`` program the worker runs at the
+    exporter's priority (logged at each cycle)."""
     if config.worker_command:
-        return list(config.worker_command)
-    return [sys.executable, "-m", "scaleprobe.probes.worker"]
+        command = list(config.worker_command)
+    else:
+        command = [sys.executable, "-m", "scaleprobe.probes.worker"]
+    if config.worker_nice > 0:
+        nice = shutil.which("nice")
+        if nice is not None:
+            return [nice, "-n", str(config.worker_nice), *command]
+        log.warning(
+            "no 'nice' program on PATH: the worker runs at the exporter's priority",
+            extra={"worker_nice": config.worker_nice},
+        )
+    return command
 
 
 def run_cycle(

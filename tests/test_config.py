@@ -19,6 +19,7 @@ from scaleprobe.exporter.config import (
     resolve_devices,
     series_count,
 )
+from scaleprobe.exporter.cycle import worker_command
 from scaleprobe.models.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -291,3 +292,15 @@ def test_config_is_frozen() -> None:
     config: Config = default_config(devices=("cpu",))
     with pytest.raises(AttributeError):
         config.dtype = "float16"  # type: ignore[misc]
+
+
+def test_the_worker_runs_niced_unless_told_otherwise(tmp_path: Path) -> None:
+    assert default_config(nvml=NO_GPU).worker_nice == 10
+    niced = worker_command(load_config(write(tmp_path, "worker: {nice: 7}\n"), nvml=NO_GPU))
+    assert Path(niced[0]).name == "nice" and niced[1:3] == ["-n", "7"]
+    assert niced[3:] == [sys.executable, "-m", "scaleprobe.probes.worker"]
+    plain = load_config(write(tmp_path, "worker: {nice: 0, command: [w, x]}\n"), nvml=NO_GPU)
+    assert worker_command(plain) == ["w", "x"]
+    for bad, message in (("20", "20 is out of range"), ("1.5", "expected an integer")):
+        problems = problems_of(write(tmp_path, f"worker: {{nice: {bad}}}\n"))
+        assert len(problems) == 1 and problems[0].startswith(f"worker.nice: {message}"), problems

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +263,17 @@ def test_log_lines_are_relayed_with_the_device(caplog: pytest.LogCaptureFixture)
     assert "warming up" in outcome.stderr_tail
     final = [r for r in caplog.records if r.getMessage().startswith("worker ok")]
     assert final and final[0].device == "cuda:3"  # type: ignore[attr-defined]
+
+
+def test_the_worker_runs_at_the_configured_niceness() -> None:
+    """``worker.nice`` reaches the worker process (through ``nice -n``): it reports its own."""
+    from scaleprobe.exporter.config import default_config
+    from scaleprobe.exporter.cycle import worker_command
+
+    reporter = "import os, sys; sys.stderr.write(f'niceness={os.nice(0)}\\n')"
+    config = replace(default_config(), worker_command=(sys.executable, "-c", reporter))
+    for nice in (0, 7):
+        command = worker_command(replace(config, worker_nice=nice))
+        outcome = run_worker(REQUEST, command=command, timeout_seconds=30)
+        expected = min(19, os.nice(0) + nice)
+        assert f"niceness={expected}" in outcome.stderr_tail, outcome
