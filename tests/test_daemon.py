@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -150,29 +151,38 @@ def test_baseline_reset_applies_to_the_first_good_cycle_only(
 class Running:
     """A `scaleprobe run` subprocess, its log file and the port it bound."""
 
-    def __init__(self, tmp_path: Path, config_text: str, *extra: str, name: str = "run") -> None:
-        self.config_path = tmp_path / f"{name}.yml"
-        self.config_path.write_text(config_text)
+    def __init__(
+        self,
+        tmp_path: Path,
+        config_text: str | None,
+        *extra: str,
+        name: str = "run",
+        listen: str | None = "127.0.0.1:0",
+    ) -> None:
+        """``config_text`` None runs without ``--config.file``, ``listen`` None without
+        ``--web.listen-address`` (the defaults: the built-in config, :9478)."""
+        flags = list(extra)
+        if config_text is not None:
+            self.config_path = tmp_path / f"{name}.yml"
+            self.config_path.write_text(config_text)
+            flags += ["--config.file", str(self.config_path)]
+        if listen is not None:
+            flags += ["--web.listen-address", listen]
         self.log_path = tmp_path / f"{name}.log"
         env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "xdg"), HF_HUB_OFFLINE="1")
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "scaleprobe.exporter.cli",
-                    "run",
-                    "--config.file",
-                    str(self.config_path),
-                    "--web.listen-address",
-                    "127.0.0.1:0",
-                    *extra,
-                ],
+                [sys.executable, "-m", "scaleprobe.exporter.cli", "run", *flags],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=env,
             )
-        self.port = self._wait_for_port()
+        try:
+            self.port = self._wait_for_port()
+        except BaseException:
+            self.process.kill()  # never leave a daemon behind on a failed start
+            self.process.wait()
+            raise
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -180,7 +190,7 @@ class Running:
     def _wait_for_port(self) -> int:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            match = re.search(r'serving HTTP.*?address"?[=:]"?[^:"]*:(\d+)', self.log())
+            match = re.search(r'serving HTTP.*?address"?[=:]"?[^\s"]*:(\d+)', self.log())
             if match:
                 return int(match.group(1))
             if self.process.poll() is not None:
@@ -356,3 +366,54 @@ def test_logfmt_lines_quote_what_needs_quoting() -> None:
         'msg="cycle failed" device=cuda:0 probe=cycle reason="a \\"quoted\\"\\nline" n=1.5' in first
     )
     assert "level=debug" in second and "msg=quiet device=cpu" in second
+
+
+PAPER_MODELS = ("distilbert-base", "bert-base", "bigbird-roberta-base")
+# What a user reads for every model after the first cycle (DESIGN.md's metric contract).
+PER_MODEL_METRICS = (
+    "scaleprobe_predicted_throughput_sequences_per_second",
+    "scaleprobe_predicted_latency_seconds",
+    "scaleprobe_predicted_framework_overhead_ratio",
+    "scaleprobe_predicted_capacity_sequences_per_second",
+    "scaleprobe_predicted_capacity_tokens_per_second",
+    "scaleprobe_predicted_max_batch_size",
+    "scaleprobe_serving_point_info",
+    "scaleprobe_measured_throughput_sequences_per_second",
+    "scaleprobe_measured_framework_overhead_ratio",
+    "scaleprobe_prediction_error_ratio",
+    "scaleprobe_baseline_error_ratio",
+    "scaleprobe_prediction_mape_ratio",
+)
+
+
+@pytest.mark.integration
+def test_a_bare_scaleprobe_run_serves_at_once_and_every_paper_model_after_one_cycle(
+    tmp_path: Path,
+) -> None:
+    """``scaleprobe run`` with no arguments, as the README's quick start runs it: the built-in
+    config for this machine (the CPU, the three paper models), ``:9478``, the XDG state file and
+    the real probe worker."""
+    with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as probe:
+        try:
+            probe.bind(("", 9478))
+        except OSError:
+            if os.environ.get("CI"):
+                pytest.fail("port 9478 is taken: the default listen address cannot be tested")
+            pytest.skip("port 9478 is taken here")
+    daemon = Running(tmp_path, None, listen=None)
+    try:
+        assert daemon.port == 9478
+        first = daemon.get("/metrics")  # at once, before any cycle
+        assert 'scaleprobe_up{device="cpu"} 0.0' in first, first
+        text = daemon.wait_for_metric(r'^scaleprobe_up\{device="cpu"\} 1\.0', timeout=300)
+        missing = [
+            f"{metric} for {model}"
+            for model in PAPER_MODELS
+            for metric in PER_MODEL_METRICS
+            if not re.search(rf'^{metric}\{{[^}}]*model="{model}"', text, re.MULTILINE)
+        ]
+        assert not missing, f"missing after the first cycle: {missing}\n{daemon.log()}"
+        assert (tmp_path / "xdg" / "scaleprobe" / "state.json").is_file()
+    finally:
+        assert daemon.stop(timeout=120) == 0, daemon.log()
+    assert "Traceback" not in daemon.log()
