@@ -394,6 +394,7 @@ def test_a_bare_scaleprobe_run_serves_at_once_and_every_paper_model_after_one_cy
     config for this machine (the CPU, the three paper models), ``:9478``, the XDG state file and
     the real probe worker."""
     with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
         try:
             probe.bind(("", 9478))
         except OSError:
