@@ -1,7 +1,8 @@
 """What the exporter costs: its resident memory, and /metrics latency while a probe cycle runs.
 
 Starts a real ``scaleprobe run`` (the real probe worker unless ``--fake-worker``) on loopback with a
-small config, lets ``--clients`` threads scrape ``/metrics`` every ``--interval-seconds`` (far more
+small config, lets ``--clients`` threads, each on one kept-alive connection as Prometheus scrapes,
+scrape ``/metrics`` every ``--interval-seconds`` (far more
 often than Prometheus' 15 s, so hundreds of scrapes fall inside a cycle) for ``--seconds``, and
 samples, every 0.2 s, the exporter's RSS (``/proc/PID/status`` VmRSS, the daemon process only: the
 worker is a separate process and is reported apart) and whether a worker process is alive. Scrape
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -216,15 +218,24 @@ def main() -> int:
                     time.sleep(0.2)
 
             def client() -> None:
+                # one kept-alive connection per client, as Prometheus keeps one per target
+                connection: http.client.HTTPConnection | None = None
                 while not stop.is_set():
                     during_cycle = busy.is_set()
                     start = time.perf_counter()
                     try:
-                        request = urllib.request.Request(url, headers=PROMETHEUS_HEADERS)
-                        with urllib.request.urlopen(request, timeout=10) as response:
-                            response.read()
-                    except OSError as error:
+                        if connection is None:
+                            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                        connection.request("GET", "/metrics", headers=PROMETHEUS_HEADERS)
+                        response = connection.getresponse()
+                        response.read()
+                        if response.status != 200:
+                            raise OSError(f"status {response.status}")
+                    except (OSError, http.client.HTTPException) as error:
                         errors.append(str(error))
+                        if connection is not None:
+                            connection.close()
+                        connection = None
                         continue
                     elapsed = time.perf_counter() - start
                     with lock:

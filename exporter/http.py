@@ -260,6 +260,10 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "scaleprobe"
     sys_version = ""
     protocol_version = "HTTP/1.1"  # keep-alive: Prometheus reuses its connection every scrape
+    # The headers and the body go out in two writes; with Nagle's algorithm on, the second waits
+    # for the client's delayed ACK of the first: 40 ms added to every scrape on a kept-alive
+    # connection (measured: 44 ms p50 against 2 ms).
+    disable_nagle_algorithm = True
     timeout = None  # set per server in setup()
 
     def setup(self) -> None:

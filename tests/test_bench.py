@@ -130,3 +130,23 @@ def test_probe_cost_quick_run_is_well_formed(tmp_path: Path) -> None:
         s["cycle_device_seconds"] / data["config"]["interval_seconds"]
     )
     assert "calibration / full sweep" in done.stdout
+
+
+def test_exporter_cost_quick_run_is_well_formed() -> None:
+    """A real daemon with the fake worker for a few seconds: the figures BENCHMARKS.md quotes."""
+    done = run("exporter_cost.py", "--fake-worker", "--seconds", "8", "--json")
+    figures = json.loads(done.stdout)
+    assert figures["scrape_errors"] == 0
+    scrapes = [
+        figures[key]["scrapes"] for key in ("metrics_while_cycle_runs", "metrics_between_cycles")
+    ]
+    assert sum(scrapes) >= 8  # 2 clients every 0.25 s for 8 s
+    assert figures["metrics_while_cycle_runs"]["scrapes"] > 0  # the fake worker runs 5 s
+    for summary in (figures["metrics_while_cycle_runs"], figures["metrics_between_cycles"]):
+        if summary["scrapes"]:
+            assert 0 < summary["p50_ms"] <= summary["p99_ms"] <= summary["max_ms"]
+    assert 0 < figures["exporter_rss_mb_at_start"] <= figures["exporter_rss_mb_max"]
+    assert figures["exposition_series"] > 0 and figures["worker"] == "fake (nice 10)"
+    render = figures["render_cpu_ms_per_scrape"]
+    assert set(render) == {"text", "text_first", "prometheus_gzip", "prometheus_gzip_first"}
+    assert all(value > 0 for value in render.values())
