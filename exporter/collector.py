@@ -123,9 +123,10 @@ SPECS: tuple[MetricSpec, ...] = (
         "scaleprobe_guard_checked",
         "gauge",
         ("device",),
-        "1 if the probe worker's guard read the device's utilisation and free memory through "
-        "NVML before the latest cycle's probes; 0 if it could not (NVML missing or failing, or "
-        "a CPU, which has nothing to read): the probes then ran without that politeness check.",
+        "1 if the probe worker's guard read the device's load and free memory before the latest "
+        "cycle's probes (NVML on a GPU; on the CPU, the other processes' share of the cores and "
+        "MemAvailable from /proc); 0 if it could not (NVML missing or failing): the probes then "
+        "ran without that politeness check.",
     ),
     MetricSpec(
         "scaleprobe_probe_compute_flops_per_second",

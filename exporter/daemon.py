@@ -194,7 +194,7 @@ class Daemon:
         """Log once (not every cycle) that a GPU's guard cannot read NVML, and when it can again.
 
         Probes go on without the check (they cannot see whether the serving workload is busy);
-        ``scaleprobe_guard_checked`` says the same in a metric. The CPU has no NVML to read.
+        ``scaleprobe_guard_checked`` says the same in a metric. The CPU's guard reads /proc.
         """
         if not device.startswith("cuda") or "checked" not in guard:
             return

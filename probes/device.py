@@ -135,11 +135,12 @@ def cpu_model_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return match.group(1).strip() if match else ""
 
 
-def host_memory_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
-    """MemTotal from /proc/meminfo, in bytes."""
+def host_memory_bytes(meminfo: Path = Path("/proc/meminfo"), field: str = "MemTotal") -> int | None:
+    """A field of /proc/meminfo (MemTotal by default; MemAvailable: what can be allocated without
+    swapping), in bytes, or None when it cannot be read."""
     try:
         text = meminfo.read_text()
     except OSError:
         return None
-    match = re.search(r"^MemTotal:\s*(\d+)\s*kB", text, re.MULTILINE)
+    match = re.search(rf"^{field}:\s*(\d+)\s*kB", text, re.MULTILINE)
     return int(match.group(1)) * 1024 if match else None

@@ -3,8 +3,14 @@
 Before each probe on an NVIDIA GPU the guard reads NVML: GPU utilisation over the threshold means
 the serving workload is busy (skip, ``skipped_busy``); free memory under the minimum means a probe
 could starve it (skip, ``skipped_memory``). ``nvml`` is the ``pynvml`` module (``nvidia-ml-py``),
-a parameter so tests hand in ``tests/fakes.FakeNVML``. Without NVML, or on the CPU, the guard
-records what it could not check and lets the probes run.
+a parameter so tests hand in ``tests/fakes.FakeNVML``. Without NVML the guard records what it
+could not check and lets the probes run.
+
+On the CPU the same two checks read /proc: the share of all cores that *other* processes used
+(``/proc/stat``'s busy time, steal included, minus this worker's own CPU time) since the previous
+check, or over ``CPU_WINDOW_SECONDS`` before the first one, and ``MemAvailable``. A CPU that
+neighbours keep busy would be measured as contention, not as the device (BENCHMARKS.md: 45-75%
+errors at load 3-7 on two cores), and probing would slow the neighbours down.
 
 ``run_guarded`` is the one wrapper around every probe: guard check, timing of the whole call, an
 exception turned into a ``failed`` entry with its reason, memory released after an out-of-memory.
@@ -16,6 +22,7 @@ exception turned into a ``failed`` entry with its reason, memory released after 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +38,10 @@ from scaleprobe.probes.device import (
 )
 
 log = logging.getLogger("scaleprobe.probes.guard")
+
+# The first check on a CPU samples the other processes' load for this long; later checks measure
+# it over the time since the previous check (the probe in between included, its own time taken out).
+CPU_WINDOW_SECONDS = 0.25
 
 
 def _default_nvml() -> Any:
@@ -70,6 +81,39 @@ class GuardReading:
         }
 
 
+@dataclass(frozen=True)
+class CpuSample:
+    """Cumulative CPU seconds: all cores, busy and in total (/proc/stat), and this process."""
+
+    busy_seconds: float
+    total_seconds: float
+    own_seconds: float
+
+
+def own_cpu_seconds() -> float:
+    """User plus system time of this process, all its threads."""
+    times = os.times()
+    return times.user + times.system
+
+
+def read_cpu_sample(proc_stat: Path, own: Callable[[], float] = own_cpu_seconds) -> CpuSample:
+    """The aggregate ``cpu`` line of /proc/stat (clock ticks) and this process's CPU time.
+
+    Idle is ``idle + iowait``; everything else is busy, ``steal`` included (a hypervisor running
+    someone else on these cores is load the probes would measure too).
+    """
+    first = proc_stat.read_text().splitlines()[0].split()
+    if not first or first[0] != "cpu":
+        raise ValueError(f"{proc_stat} does not start with the aggregate 'cpu' line")
+    ticks = [float(value) for value in first[1:9]]  # user nice system idle iowait irq softirq steal
+    if len(ticks) < 5:
+        raise ValueError(f"{proc_stat}: {len(ticks)} fields on the 'cpu' line, expected 8")
+    per_second = float(os.sysconf("SC_CLK_TCK"))
+    total = sum(ticks)
+    idle = ticks[3] + ticks[4]
+    return CpuSample((total - idle) / per_second, total / per_second, own())
+
+
 class Guard:
     """Checks the device before each probe and identifies it.
 
@@ -87,6 +131,9 @@ class Guard:
         cuda: Any = None,
         cpuinfo: Path = Path("/proc/cpuinfo"),
         meminfo: Path = Path("/proc/meminfo"),
+        proc_stat: Path = Path("/proc/stat"),
+        own_cpu: Callable[[], float] = own_cpu_seconds,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.device = device
         self.max_utilization_ratio = max_utilization_ratio
@@ -95,11 +142,14 @@ class Guard:
         self.cuda = cuda
         self.cpuinfo = cpuinfo
         self.meminfo = meminfo
+        self.proc_stat = proc_stat
+        self.own_cpu = own_cpu
+        self.sleep = sleep
+        self._last_cpu: CpuSample | None = None
         self.nvml: Any = None
         self.handle: Any = None
         self.unavailable_reason = ""
         if not self.is_cuda:
-            self.unavailable_reason = "no NVML on a CPU device"
             return
         module = _default_nvml() if nvml == "default" else nvml
         if module is None:
@@ -139,6 +189,8 @@ class Guard:
 
     def check(self) -> GuardReading:
         """Read utilisation and free memory; decide whether the next probe may run."""
+        if not self.is_cuda:
+            return self._check_cpu()
         if self.nvml is None:
             return GuardReading(checked=False, reason=self.unavailable_reason)
         try:
@@ -167,6 +219,48 @@ class Guard:
         return GuardReading(
             checked=True,
             reason="utilization and free memory within limits",
+            utilization_ratio=utilization,
+            free_memory_bytes=free,
+        )
+
+    def _check_cpu(self) -> GuardReading:
+        """The other processes' share of all cores since the last check, and MemAvailable."""
+        try:
+            start = self._last_cpu
+            if start is None:
+                start = read_cpu_sample(self.proc_stat, self.own_cpu)
+                self.sleep(CPU_WINDOW_SECONDS)
+            end = read_cpu_sample(self.proc_stat, self.own_cpu)
+        except (OSError, ValueError, IndexError) as error:
+            return GuardReading(checked=False, reason=f"CPU load unreadable: {_describe(error)}")
+        self._last_cpu = end
+        total = end.total_seconds - start.total_seconds
+        if total <= 0:
+            return GuardReading(checked=False, reason="no CPU time elapsed since the last check")
+        others = (end.busy_seconds - start.busy_seconds) - (end.own_seconds - start.own_seconds)
+        utilization = min(1.0, max(0.0, others / total))
+        free = host_memory_bytes(self.meminfo, "MemAvailable")
+        if utilization > self.max_utilization_ratio:
+            return GuardReading(
+                checked=True,
+                reason=f"CPU busy: other processes used {utilization:.0%} of the cores, over the "
+                f"{self.max_utilization_ratio:.0%} threshold",
+                utilization_ratio=utilization,
+                free_memory_bytes=free,
+                outcome="skipped_busy",
+            )
+        if free is not None and free < self.min_free_memory_bytes:
+            return GuardReading(
+                checked=True,
+                reason=f"memory short: {free} bytes available, under the "
+                f"{self.min_free_memory_bytes} bytes minimum",
+                utilization_ratio=utilization,
+                free_memory_bytes=free,
+                outcome="skipped_memory",
+            )
+        return GuardReading(
+            checked=True,
+            reason="other processes' CPU load and available memory within limits",
             utilization_ratio=utilization,
             free_memory_bytes=free,
         )

@@ -3,6 +3,10 @@ and the one wrapper that turns any probe failure into a recorded outcome."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,13 +86,112 @@ def test_a_failing_query_is_reported_not_raised() -> None:
     assert not reading.checked and "GPU is lost" in reading.reason
 
 
-def test_cpu_guard_checks_nothing_and_identifies_the_cpu(tmp_path: Path) -> None:
+def stat_line(busy: int, idle: int, steal: int = 0) -> str:
+    """A /proc/stat whose aggregate line has ``busy`` user ticks, ``idle`` idle ticks."""
+    return f"cpu  {busy} 0 0 {idle} 0 0 0 {steal} 0 0\ncpu0 0 0 0 0 0 0 0 0 0 0\n"
+
+
+class StatFile:
+    """A /proc/stat in a temporary file that the injected ``sleep`` advances, as time would."""
+
+    def __init__(self, path: Path, samples: list[tuple[int, int, int]]) -> None:
+        self.path, self.samples = path, iter(samples)
+        self.advance(0.0)
+
+    def advance(self, seconds: float) -> None:
+        busy, idle, steal = next(self.samples)
+        self.path.write_text(stat_line(busy, idle, steal))
+
+
+def cpu_guard(tmp_path: Path, samples: list[tuple[int, int, int]], own: list[float]) -> Guard:
+    stat = StatFile(tmp_path / "stat", samples)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16777216 kB\nMemAvailable:    8388608 kB\n")
+    own_seconds = iter(own)
+    return Guard(
+        "cpu",
+        max_utilization_ratio=0.5,
+        min_free_memory_bytes=GiB,
+        meminfo=meminfo,
+        proc_stat=stat.path,
+        own_cpu=lambda: next(own_seconds),
+        sleep=stat.advance,
+    )
+
+
+def test_the_cpu_guard_subtracts_its_own_time_from_the_load(tmp_path: Path) -> None:
+    tick = os.sysconf("SC_CLK_TCK")
+    # over the window 100 ticks elapse (busy 80, idle 20); the worker itself used 70 of them
+    guard = cpu_guard(tmp_path, [(0, 0, 0), (80, 20, 0)], own=[0.0, 70 / tick])
+    reading = guard.check()
+    assert reading.checked and reading.outcome is None, reading
+    assert reading.utilization_ratio == pytest.approx(0.10)
+    assert reading.free_memory_bytes == 8 * GiB
+
+
+def test_a_cpu_that_neighbours_keep_busy_skips_the_probe(tmp_path: Path) -> None:
+    tick = os.sysconf("SC_CLK_TCK")
+    # first window: neighbours 60 of 100 ticks (steal counts: someone else runs on these cores)
+    guard = cpu_guard(
+        tmp_path, [(0, 0, 0), (40, 40, 20), (40, 40, 20)], own=[0.0, 0.0, 10 / tick, 10 / tick]
+    )
+    first = guard.check()
+    assert first.outcome == "skipped_busy" and first.utilization_ratio == pytest.approx(0.6)
+    assert "other processes used 60%" in first.reason and "50%" in first.reason
+
+
+def test_later_cpu_checks_measure_since_the_previous_one_without_sleeping(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text(stat_line(0, 0))
+    sleeps: list[float] = []
+    own = iter([0.0, 0.0, 0.0])
+    guard = Guard("cpu", proc_stat=stat, own_cpu=lambda: next(own), sleep=sleeps.append)
+    guard.check()  # first: samples over a window (the fake time does not move)
+    assert sleeps == [0.25]
+    stat.write_text(stat_line(90, 10))
+    reading = guard.check()
+    assert sleeps == [0.25]  # no second wait: the time since the first check is the window
+    assert reading.outcome == "skipped_busy" and reading.utilization_ratio == pytest.approx(0.9)
+
+
+def test_an_unreadable_proc_stat_is_reported_not_raised(tmp_path: Path) -> None:
+    guard = Guard("cpu", proc_stat=tmp_path / "missing", sleep=lambda _: None)
+    reading = guard.check()
+    assert not reading.checked and reading.outcome is None
+    assert reading.reason.startswith("CPU load unreadable: FileNotFoundError")
+
+
+def test_short_host_memory_skips_a_cpu_probe(tmp_path: Path) -> None:
+    guard = cpu_guard(tmp_path, [(0, 0, 0), (10, 90, 0)], own=[0.0, 0.0])
+    guard.min_free_memory_bytes = 16 * GiB
+    reading = guard.check()
+    assert reading.outcome == "skipped_memory" and str(8 * GiB) in reading.reason
+
+
+def test_the_real_cpu_guard_sees_busy_neighbours() -> None:
+    """Real /proc/stat: one spinning process per core makes the guard skip; its own load is not
+    counted (the spinners are other processes)."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(min(8, os.cpu_count() or 1))
+    ]
+    try:
+        time.sleep(0.3)  # let them start
+        reading = Guard("cpu", max_utilization_ratio=0.3).check()
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert reading.checked and reading.outcome == "skipped_busy", reading
+    assert reading.utilization_ratio is not None and reading.utilization_ratio > 0.6
+
+
+def test_cpu_guard_identifies_the_cpu(tmp_path: Path) -> None:
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9654 96-Core Processor\n")
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       16384 kB\n")
     guard = Guard("cpu", nvml=FakeNVML(), cpuinfo=cpuinfo, meminfo=meminfo)
-    assert guard.check().reason == "no NVML on a CPU device"
     assert guard.device_identity() == {
         "device": "cpu",
         "gpu": "",
