@@ -20,6 +20,12 @@ Counting conventions:
   host time though they launch nothing); counted once per model from a TorchDispatchMode trace and
   checked in ``tests/test_costs.py``.
 - All three are totals over the entry's ``calls`` (identical consecutive calls, e.g. Q, K and V).
+- ``fresh_output_bytes``: the size of every output tensor the kernel's ops allocate anew (not a
+  view, not in place), one entry per op. On a CPU an output above glibc's mmap threshold is a
+  fresh mapping that page-faults on first touch in every forward; the predictor charges that
+  (docs/model.md, "First touch").
+- ``tanh_elements``, ``exp_elements``: elements passed through a transcendental function in an
+  op of their own (``gelu_new``'s tanh, the eager softmax's exp), compute-bound on a CPU.
 """
 
 from __future__ import annotations
@@ -84,6 +90,9 @@ class Kernel:
     weight_bytes: float = 0.0
     layer: int = -1  # -1 outside the encoder layers
     module_calls: int = 0  # nn.Module calls (Python) around these ops: their own host cost
+    fresh_output_bytes: tuple[float, ...] = ()  # each freshly allocated output, over all calls
+    tanh_elements: float = 0.0
+    exp_elements: float = 0.0
 
     @property
     def flops_per_call(self) -> float:
@@ -178,6 +187,7 @@ def _linear(
         weight_bytes=float(weights * calls),
         layer=layer,
         module_calls=calls if modules is None else modules,
+        fresh_output_bytes=(float(tokens * n_out * e),) * calls,
     )
 
 
@@ -192,8 +202,15 @@ def _elementwise(
     calls: int = 1,
     layer: int = -1,
     modules: int = 0,
+    outputs: int | None = None,
+    tanh: bool = False,
 ) -> Kernel:
-    """An elementwise kernel touching ``tensors`` tensors of ``elements`` elements each."""
+    """An elementwise kernel touching ``tensors`` tensors of ``elements`` elements each.
+
+    Each of its ``outputs`` ops (default: one per call; 0 for in-place ops) writes a fresh
+    tensor of ``elements`` elements; with ``tanh`` every element goes through a tanh.
+    """
+    fresh = (float(elements * e),) * (calls if outputs is None else outputs)
     return Kernel(
         name=name,
         kind=kind,
@@ -203,6 +220,8 @@ def _elementwise(
         calls=calls,
         layer=layer,
         module_calls=modules,
+        fresh_output_bytes=fresh,
+        tanh_elements=float(elements * calls) if tanh else 0.0,
     )
 
 
@@ -277,9 +296,14 @@ def _full_attention(
                 host_ops=_SDPA_OPS,
                 gemm=(bh, seq, seq, d),
                 layer=layer,
+                fresh_output_bytes=(out_bytes,),
             )
         ]
     # Eager: K^T and V made contiguous for bmm, the scores and probabilities written out.
+    # Fresh outputs: Q and K^T copied for bmm (at batch 1 the reshapes are views), the scores,
+    # scaled scores (out of place) and probabilities; then V's copy, the context and its
+    # permuted contiguous copy.
+    copies = 1 if batch > 1 else 0
     return [
         Kernel(
             name="attention_scores",
@@ -289,9 +313,17 @@ def _full_attention(
             host_ops=_EAGER_SCORES_OPS,
             gemm=(bh, seq, seq, d),
             layer=layer,
+            fresh_output_bytes=(out_bytes,) * 2 * copies + (scores * e,),
         ),
         _elementwise("attention_scale", ELEMENTWISE, scores, 1, 2, e, host_ops=1, layer=layer),
-        _elementwise("attention_softmax", SOFTMAX, scores, 5, 2, e, host_ops=1, layer=layer),
+        Kernel(
+            **{
+                **_elementwise(
+                    "attention_softmax", SOFTMAX, scores, 5, 2, e, host_ops=1, layer=layer
+                ).__dict__,
+                "exp_elements": scores,
+            }
+        ),
         Kernel(
             name="attention_context",
             kind=GEMM,
@@ -300,6 +332,7 @@ def _full_attention(
             host_ops=_EAGER_CONTEXT_OPS,
             gemm=(bh, seq, d, seq),
             layer=layer,
+            fresh_output_bytes=(out_bytes,) * (2 + copies),
         ),
     ]
 
@@ -349,6 +382,14 @@ def _sparse_attention(arch: Architecture, batch: int, seq: int, e: int, layer: i
             host_ops=_SPARSE_ATTENTION_OPS,
             calls=60,
             layer=layer,
+            # its largest fresh outputs: the dense probabilities (torch.zeros, B·H·s²) and the
+            # middle blocks' band scores, concatenated then softmaxed
+            fresh_output_bytes=(
+                bh * float(seq) * seq * e,
+                bh * band_scores * e,
+                bh * band_scores * e,
+            ),
+            exp_elements=bh * scores_per_head,  # softmax over every score piece
         ),
     ]
 
@@ -371,23 +412,38 @@ def _layer(
         _linear("attention_output_projection", tokens, h, h, e, layer=layer, modules=3),
         *_add_and_norm(tokens, h, e, layer),
         _linear("ffn_up", tokens, f, h, e, layer=layer, modules=2),
-        # gelu_new is eight separate elementwise kernels (pow, mul, add, mul, tanh, add, mul, mul)
-        _elementwise(
-            "ffn_activation",
-            ELEMENTWISE,
-            tokens * f,
-            act_flops / act_ops,
-            2.25 if act_ops > 1 else 2,
-            e,
-            host_ops=act_ops,
-            calls=act_ops,
-            layer=layer,
-            modules=1,
-        ),
+        *_activation(arch.hidden_act, tokens * f, act_flops / act_ops, act_ops, e, layer),
         _linear("ffn_down", tokens, h, f, e, layer=layer, modules=3),
         *_add_and_norm(tokens, h, e, layer),
     ]
     return kernels
+
+
+def _activation(
+    act: str, elements: int, flops_per_op: float, ops: int, e: int, layer: int
+) -> list[Kernel]:
+    """The FFN activation. ``gelu_new`` is eight separate out-of-place elementwise ops (pow,
+    mul, add, mul, tanh, add, mul, mul): its tanh is listed apart, because it is compute-bound on
+    a CPU while the other seven stream memory (18 tensor passes in all, 2 of them the tanh's).
+    Fused activations (``gelu``'s erf, ``gelu_pytorch_tanh``) are one vectorised kernel that
+    runs near memory speed."""
+    if act == "gelu_new":
+        return [
+            _elementwise(
+                "ffn_activation", ELEMENTWISE, elements, flops_per_op, 16 / 7, e,
+                host_ops=ops - 1, calls=ops - 1, layer=layer, modules=1,
+            ),
+            _elementwise(
+                "ffn_activation_tanh", ELEMENTWISE, elements, flops_per_op, 2, e,
+                host_ops=1, layer=layer, tanh=True,
+            ),
+        ]  # fmt: skip
+    return [
+        _elementwise(
+            "ffn_activation", ELEMENTWISE, elements, flops_per_op, 2.25 if ops > 1 else 2, e,
+            host_ops=ops, calls=ops, layer=layer, modules=1, tanh=act == "tanh",
+        )
+    ]  # fmt: skip
 
 
 def _add_and_norm(tokens: int, h: int, e: int, layer: int) -> list[Kernel]:
@@ -457,7 +513,17 @@ def forward_cost(
         pooler = _linear("pooler", batch_size, h, h, e, modules=2)
         kernels.append(Kernel(**{**pooler.__dict__, "host_ops": 3}))  # select, t, addmm
         kernels.append(
-            _elementwise("pooler_tanh", ELEMENTWISE, batch_size * h, 4, 2, e, host_ops=1, modules=1)
+            _elementwise(
+                "pooler_tanh",
+                ELEMENTWISE,
+                batch_size * h,
+                4,
+                2,
+                e,
+                host_ops=1,
+                modules=1,
+                tanh=True,
+            )
         )
 
     weight_bytes = arch.parameter_count() * e

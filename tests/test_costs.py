@@ -22,6 +22,7 @@ from scaleprobe.models.architecture import PRESETS, architecture_from_config
 from scaleprobe.models.costs import ATTENTION, GEMM, forward_cost
 from scaleprobe.models.errors import InputError
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, AutoModel
 
@@ -211,3 +212,118 @@ def test_memory_grows_with_batch_and_halves_with_half_precision() -> None:
 def test_bad_sizes_and_dtypes(args: tuple[int, int, str], message: str) -> None:
     with pytest.raises(InputError, match=message):
         forward_cost(PRESETS["bert-base"], *args)
+
+
+class AllocationCounter(TorchDispatchMode):
+    """Records every output an op allocates anew (its storage is none of the inputs': not a view,
+    not in place) and the elements passed through tanh and exp (softmax runs exp per element)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fresh_elements: list[int] = []
+        self.transcendental: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        storages = {t.untyped_storage().data_ptr() for t in inputs}
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        for tensor in tree_flatten(out)[0]:
+            if isinstance(tensor, torch.Tensor):
+                if tensor.untyped_storage().data_ptr() not in storages:
+                    self.fresh_elements.append(tensor.numel())
+                if name in ("tanh", "tanh_"):
+                    self.transcendental["tanh"] += tensor.numel()
+                elif name in ("exp", "exp_", "_softmax"):
+                    self.transcendental["exp"] += tensor.numel()
+        return out
+
+
+ALLOCATION_POINTS = [
+    ("bert", 2, 40, None, "gelu"),
+    ("bert", 2, 40, "eager", "gelu"),
+    ("distilbert", 3, 24, None, "gelu"),
+    ("big_bird", 2, 64, None, "gelu_new"),
+    ("bert", 1, 48, "eager", "tanh"),  # batch 1: bmm's reshapes are views, no copies
+    ("big_bird", 3, 40, None, "gelu_new"),
+]
+
+
+@pytest.mark.parametrize(("model_type", "batch", "seq", "attention", "act"), ALLOCATION_POINTS)
+def test_fresh_outputs_and_transcendentals_agree_with_the_real_ops(
+    model_type: str, batch: int, seq: int, attention: str | None, act: str
+) -> None:
+    """What the CPU first-touch and transcendental terms charge, against a dispatch trace.
+
+    Outputs larger than a hidden state (the FFN's and the eager attention scores', the ones that
+    outgrow glibc's mmap threshold first) must match one for one; hidden-state-sized outputs
+    (projections, adds, norms, copies for bmm) in total within 10%.
+    """
+    key = "activation" if model_type == "distilbert" else "hidden_act"
+    settings = {**TINY[model_type], key: act}
+    config = AutoConfig.for_model(model_type, vocab_size=500, **settings)
+    model = AutoModel.from_config(config, attn_implementation=attention).eval()
+    arch = architecture_from_config(config.to_dict())
+    counter = AllocationCounter()
+    ids = torch.randint(5, 400, (batch, seq))
+    with torch.no_grad():
+        model(input_ids=ids)
+        with counter:
+            model(input_ids=ids)
+    cost = forward_cost(arch, batch, seq, "float32", attention=attention)
+    hidden = batch * seq * arch.hidden_size
+    modelled = [int(b) // 4 for k in cost.kernels for b in k.fresh_output_bytes]
+    assert sorted(n for n in modelled if n > hidden) == sorted(
+        n for n in counter.fresh_elements if n > hidden
+    )
+    assert sum(n for n in modelled if n == hidden) == pytest.approx(
+        sum(n for n in counter.fresh_elements if n == hidden), rel=0.10
+    )
+    assert sum(k.tanh_elements for k in cost.kernels) == counter.transcendental["tanh"]
+    assert sum(k.exp_elements for k in cost.kernels) == counter.transcendental["exp"]
+    if act == "gelu_new":  # its tanh is a kernel of its own, over tokens × FFN width
+        tanh = [k for k in cost.kernels if k.name == "ffn_activation_tanh"]
+        assert len(tanh) == arch.num_layers
+        assert tanh[0].tanh_elements == batch * seq * arch.intermediate_size
+
+
+def test_gelu_new_split_keeps_the_activation_traffic() -> None:
+    """The tanh listed apart changes no total: 8 ops, 18 tensor passes over tokens × f."""
+    arch = PRESETS["bigbird-roberta-base"]
+    cost = forward_cost(arch, 2, 128, "float32")
+    table = cost.by_name()
+    elements = 2 * 128 * arch.intermediate_size * arch.num_layers
+    passes = table["ffn_activation"]["bytes_moved"] + table["ffn_activation_tanh"]["bytes_moved"]
+    assert passes == pytest.approx(18 * elements * 4)
+    assert table["ffn_activation"]["host_ops"] + table["ffn_activation_tanh"]["host_ops"] == (
+        8 * arch.num_layers
+    )
+
+
+def test_block_sparse_counts_its_largest_fresh_outputs_and_every_softmax() -> None:
+    """BigBird block-sparse (narrow model, the preset's 64-token blocks, 3 random blocks, 1024
+    tokens): its three largest fresh outputs (the dense B·H·s² probabilities, the band scores'
+    cat and softmax) are the trace's three largest, and its exp elements every softmax's."""
+    config = AutoConfig.for_model(
+        "big_bird",
+        hidden_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=1,
+        intermediate_size=96,
+        vocab_size=500,
+    )
+    model = AutoModel.from_config(config).eval()
+    arch = architecture_from_config(config.to_dict())
+    ids = torch.randint(5, 400, (1, 1024))
+    counter = AllocationCounter()
+    with torch.no_grad():
+        model(input_ids=ids)
+        model.set_attention_type("block_sparse")
+        with counter:
+            model(input_ids=ids)
+    cost = forward_cost(arch, 1, 1024, "float32")
+    assert cost.attention == "block_sparse"
+    glue = next(k for k in cost.kernels if k.name == "attention_block_sparse_glue")
+    modelled = sorted((int(b) // 4 for b in glue.fresh_output_bytes), reverse=True)
+    assert modelled == sorted(counter.fresh_elements, reverse=True)[:3]
+    assert sum(k.exp_elements for k in cost.kernels) == counter.transcendental["exp"]
