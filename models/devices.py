@@ -134,7 +134,10 @@ class DeviceParams:
     - matrix product: ``max(flops / (rate · gemm_efficiency_ratio · x / (x + gemm_half_size)),
       bytes / memory_bandwidth) + kernel_floor`` with ``x`` the smallest of its m, n, k;
     - elementwise, norm, softmax, gather: ``bytes / (memory_bandwidth ·
-      elementwise_bandwidth_ratio) + kernel_floor``.
+      elementwise_bandwidth_ratio) + kernel_floor``;
+    - on a CPU with the probe figures: an elementwise kernel takes at least its tanh/exp elements
+      over their rates, and every kernel pays ``first_touch_seconds_per_byte`` on each fresh
+      output of at least ``FRESH_MAPPING_MIN_BYTES`` (``scaleprobe.models.predict``).
     Host time is ``host_ops · dispatch_seconds + module_calls · module_seconds``. With
     ``overlap`` (a GPU) host and device run concurrently, a kernel starting when both its launch
     and the previous kernel are done; without (a CPU) the same threads dispatch and compute, so
@@ -154,6 +157,12 @@ class DeviceParams:
     elementwise_bandwidth_ratio: float = 1.0
     reserved_memory_bytes: int = 0
     module_seconds: float = 0.0  # host cost of one nn.Module call (Python), besides its ops
+    # CPU only, from the probes (None: not measured, the terms are not charged; docs/model.md):
+    # page-fault cost per byte of a large freshly allocated output (memory probe), and the rate
+    # of tanh and exp over a cache-resident tensor (compute probe).
+    first_touch_seconds_per_byte: float | None = None
+    tanh_elements_per_second: float | None = None
+    exp_elements_per_second: float | None = None
     source: str = "probes"  # "probes", "datasheet", "refit", "transfer"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -229,6 +238,11 @@ class DeviceParams:
         ):
             if key in data:
                 _non_negative(data[key], key)
+        for key in ("tanh_elements_per_second", "exp_elements_per_second"):
+            if data.get(key) is not None:
+                _positive(data[key], key)
+        if data.get("first_touch_seconds_per_byte") is not None:
+            _non_negative(data["first_touch_seconds_per_byte"], "first_touch_seconds_per_byte")
         if data["kind"] not in ("cpu", "gpu"):
             raise InputError(f"kind must be cpu or gpu, got {data['kind']!r}")
         values = dict(data)

@@ -50,13 +50,20 @@ class ProbeResults:
     kernel_floor_seconds: float | None = None
     # dtype -> [(m, n, k, flops_per_second)] from the compute probe's detail["rates_by_size"]
     rates_by_size: Mapping[str, tuple[tuple[int, int, int, float], ...]] | None = None
+    # CPU only (None when the probe did not measure them, e.g. records of older workers): the
+    # memory probe's page-fault cost per byte of a fresh large output, the compute probe's
+    # tanh and exp rates over a cache-resident tensor.
+    first_touch_seconds_per_byte: float | None = None
+    tanh_elements_per_second: float | None = None
+    exp_elements_per_second: float | None = None
 
     @classmethod
     def from_records(cls, records: Sequence[Mapping[str, Any]]) -> ProbeResults:
         """Read a worker result's ``probes`` list (docs/internals.md), skipping failed probes."""
         compute: dict[str, float] = {}
         by_size: dict[str, list[tuple[int, int, int, float]]] = {}
-        bandwidth = dispatch = floor = None
+        bandwidth = dispatch = floor = first_touch = None
+        transcendental: dict[str, float] = {}
         for record in records:
             if not isinstance(record, Mapping) or record.get("outcome") != "ok":
                 continue
@@ -80,8 +87,16 @@ class ProbeResults:
                     if entry[3] > 0:
                         by_size.setdefault(dtype, []).append(entry)
                         compute[dtype] = max(compute[dtype], entry[3])
+                rates = detail.get("transcendental_elements_per_second") or {}
+                for function in ("tanh", "exp"):
+                    rate = rates.get(function) if isinstance(rates, Mapping) else None
+                    if isinstance(rate, (int, float)) and _positive_number(rate):
+                        transcendental[function] = float(rate)
             elif probe == "memory":
                 bandwidth = float(value)
+                raw = detail.get("first_touch_seconds_per_byte")
+                if isinstance(raw, (int, float)) and (_positive_number(raw) or raw == 0):
+                    first_touch = float(raw)
             elif probe == "dispatch":
                 dispatch = float(value)
                 raw_floor = detail.get("kernel_floor_seconds")
@@ -93,7 +108,19 @@ class ProbeResults:
             dispatch_seconds=dispatch,
             kernel_floor_seconds=floor,
             rates_by_size={k: tuple(v) for k, v in by_size.items()},
+            first_touch_seconds_per_byte=first_touch,
+            tanh_elements_per_second=transcendental.get("tanh"),
+            exp_elements_per_second=transcendental.get("exp"),
         )
+
+
+def _positive_number(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def gemm_half_size_from_rates(
@@ -178,6 +205,10 @@ def calibrate(
         if reserved_memory_bytes is None
         else reserved_memory_bytes,
         source="probes",
+        # CPU terms only: a GPU's caching allocator reuses memory, its transcendentals are cheap
+        first_touch_seconds_per_byte=None if gpu else probes.first_touch_seconds_per_byte,
+        tanh_elements_per_second=None if gpu else probes.tanh_elements_per_second,
+        exp_elements_per_second=None if gpu else probes.exp_elements_per_second,
     )
 
 

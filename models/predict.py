@@ -26,6 +26,10 @@ from scaleprobe.models.errors import InputError
 FRAMEWORK, MEMORY, COMPUTE = "framework", "memory", "compute"
 # A point is framework-bound when the device idles for more than this share of the wall time.
 FRAMEWORK_BOUND_RATIO = 0.5
+# glibc serves an allocation at least this large (its largest dynamic mmap threshold on 64-bit,
+# 4 · 1024 · 1024 · sizeof(long)) by a fresh mmap, unmapped again when freed: such an output
+# page-faults on first touch in every forward. Smaller ones come from the reused heap.
+FRESH_MAPPING_MIN_BYTES = 32 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -71,9 +75,38 @@ def kernel_device_seconds(kernel: Kernel, params: DeviceParams, dtype: str) -> t
         efficiency = size / (size + params.gemm_half_size)
         compute = kernel.flops / (params.rate(dtype) * efficiency)
         memory = kernel.bytes_moved / params.memory_bandwidth_bytes_per_second
-        return max(compute, memory) + floor, compute >= memory
+        return max(compute, memory) + floor + first_touch_seconds(kernel, params), compute >= memory
     bandwidth = params.memory_bandwidth_bytes_per_second * params.elementwise_bandwidth_ratio
-    return kernel.bytes_moved / bandwidth + floor, False
+    memory = kernel.bytes_moved / bandwidth
+    compute = transcendental_seconds(kernel, params)
+    return max(memory, compute) + floor + first_touch_seconds(kernel, params), compute > memory
+
+
+def first_touch_seconds(kernel: Kernel, params: DeviceParams) -> float:
+    """Page faults on the kernel's large fresh outputs (CPU with a measured cost, else 0).
+
+    Additive: the faulting thread stalls, nothing else runs meanwhile.
+    """
+    cost = params.first_touch_seconds_per_byte
+    if params.kind != "cpu" or not cost:
+        return 0.0
+    return cost * sum(b for b in kernel.fresh_output_bytes if b >= FRESH_MAPPING_MIN_BYTES)
+
+
+def transcendental_seconds(kernel: Kernel, params: DeviceParams) -> float:
+    """Time of the kernel's tanh and exp at the probed rates (CPU only, else 0).
+
+    It overlaps the kernel's memory traffic (one pass), so the caller takes the larger of the
+    two; on a GPU transcendentals are cheap next to memory, and no probe measures them.
+    """
+    if params.kind != "cpu":
+        return 0.0
+    seconds = 0.0
+    if kernel.tanh_elements and params.tanh_elements_per_second:
+        seconds += kernel.tanh_elements / params.tanh_elements_per_second
+    if kernel.exp_elements and params.exp_elements_per_second:
+        seconds += kernel.exp_elements / params.exp_elements_per_second
+    return seconds
 
 
 def time_forward(cost: ForwardCost, params: DeviceParams) -> Timing:

@@ -51,3 +51,36 @@ def test_bad_files_are_input_errors(tmp_path: Path, content: str, message: str) 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         load_calibration(tmp_path / "nope.json")
+
+
+def test_a_document_from_before_the_cpu_probe_figures_loads(tmp_path: Path) -> None:
+    """scaleprobe.calibration/1 documents written before first_touch_seconds_per_byte,
+    tanh_elements_per_second and exp_elements_per_second existed load as they did: absent."""
+    params = {
+        "name": "cpu",
+        "kind": "cpu",
+        "compute_flops_per_second": {"float32": 1.37e11},
+        "memory_bandwidth_bytes_per_second": 4.08e10,
+        "dispatch_seconds": 9e-7,
+        "kernel_floor_seconds": 0.0,
+        "overlap": False,
+        "memory_bytes": 24 * 1024**3,
+        "gemm_efficiency_ratio": 1.0,
+        "gemm_half_size": 30.0,
+        "elementwise_bandwidth_ratio": 0.5,
+        "reserved_memory_bytes": 0,
+        "module_seconds": 8.1e-6,
+        "source": "refit",
+        "extra": {},
+    }
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"schema": "scaleprobe.calibration/1", "params": params}))
+    loaded = load_calibration(path)
+    assert loaded.first_touch_seconds_per_byte is None
+    assert loaded.tanh_elements_per_second is None and loaded.exp_elements_per_second is None
+    assert loaded.to_dict() == {
+        **params,
+        "first_touch_seconds_per_byte": None,
+        "tanh_elements_per_second": None,
+        "exp_elements_per_second": None,
+    }

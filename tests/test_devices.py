@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from scaleprobe.models.devices import (
@@ -71,6 +72,32 @@ def test_round_trip_through_json() -> None:
     assert not cpu.overlap
 
 
+def test_the_cpu_probe_figures_are_optional_and_round_trip() -> None:
+    """Parameters written before the first-touch and transcendental figures existed (state files,
+    calibration documents) load with them absent; written with them, they come back."""
+    cpu = cpu_params({"float32": 1.9e11}, 1.5e10, 1e-6, 16 * 1024**3)
+    old = {
+        k: v
+        for k, v in cpu.to_dict().items()
+        if k
+        not in (
+            "first_touch_seconds_per_byte",
+            "tanh_elements_per_second",
+            "exp_elements_per_second",
+        )
+    }
+    loaded = DeviceParams.from_dict(old)
+    assert loaded == cpu and loaded.first_touch_seconds_per_byte is None
+    assert loaded.tanh_elements_per_second is None and loaded.exp_elements_per_second is None
+    measured = replace(
+        cpu,
+        first_touch_seconds_per_byte=3.2e-10,
+        tanh_elements_per_second=6.8e8,
+        exp_elements_per_second=1.9e9,
+    )
+    assert DeviceParams.from_dict(json.loads(json.dumps(measured.to_dict()))) == measured
+
+
 def test_compiled_runtime_drops_only_the_host_costs() -> None:
     params = params_from_spec(find_device("A10G"))
     compiled = without_host_overhead(params)
@@ -87,6 +114,9 @@ def test_compiled_runtime_drops_only_the_host_costs() -> None:
         ({"kind": "tpu"}, "kind must be cpu or gpu"),
         ({"bogus": 1}, r"unknown device parameter\(s\): bogus"),
         ({"dispatch_seconds": "fast"}, "must be a non-negative number"),
+        ({"first_touch_seconds_per_byte": -1e-10}, "first_touch_seconds_per_byte must be a non"),
+        ({"tanh_elements_per_second": 0}, "tanh_elements_per_second must be a positive"),
+        ({"exp_elements_per_second": "fast"}, "exp_elements_per_second must be a positive"),
     ],
 )
 def test_bad_parameters_are_input_errors(change: dict[str, object], message: str) -> None:

@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 from scaleprobe.models.architecture import PRESETS
 from scaleprobe.models.costs import forward_cost
 from scaleprobe.models.devices import CATALOG, cpu_params, find_device, params_from_spec
-from scaleprobe.models.predict import max_batch_size, predict, predict_grid, time_forward
+from scaleprobe.models.predict import (
+    FRESH_MAPPING_MIN_BYTES,
+    kernel_device_seconds,
+    max_batch_size,
+    predict,
+    predict_grid,
+    time_forward,
+)
 
 CPU = cpu_params({"float32": 1.9e11, "bfloat16": 7e11}, 1.5e10, 1e-6, 24 * 1024**3)
 CPU = replace(CPU, module_seconds=8e-6, gemm_half_size=30.0, elementwise_bandwidth_ratio=0.5)
@@ -131,3 +138,85 @@ def test_max_batch_size_is_the_memory_threshold(seq: int) -> None:
 def test_grid_is_batch_major() -> None:
     grid = predict_grid(PRESETS["distilbert-base"], CPU, [1, 2], [16, 32], "float32")
     assert [(p.batch_size, p.seq_len) for p in grid] == [(1, 16), (1, 32), (2, 16), (2, 32)]
+
+
+FIGURES = {
+    "first_touch_seconds_per_byte": 3.2e-10,
+    "tanh_elements_per_second": 6.8e8,
+    "exp_elements_per_second": 1.9e9,
+}
+
+
+def test_without_the_cpu_probe_figures_elementwise_kernels_stream_at_rho_w() -> None:
+    """Parameters without the new figures (older calibrations) predict as the model did before:
+    every non-matrix kernel is its bytes over ρ·W, whatever its outputs and tanh elements."""
+    cost = forward_cost(PRESETS["bigbird-roberta-base"], 16, 512, "float32")
+    bandwidth = CPU.memory_bandwidth_bytes_per_second * CPU.elementwise_bandwidth_ratio
+    for kernel in cost.kernels:
+        if kernel.kind not in ("gemm", "attention", "host"):
+            assert kernel_device_seconds(kernel, CPU, "float32") == (
+                kernel.bytes_moved / bandwidth,
+                False,
+            )
+
+
+def test_the_cpu_charges_first_touch_on_large_fresh_outputs_only() -> None:
+    arch = PRESETS["bigbird-roberta-base"]
+    touched = replace(CPU, first_touch_seconds_per_byte=FIGURES["first_touch_seconds_per_byte"])
+    for batch, seq in ((1, 128), (16, 512)):
+        cost = forward_cost(arch, batch, seq, "float32")
+        large = sum(
+            b for k in cost.kernels for b in k.fresh_output_bytes if b >= FRESH_MAPPING_MIN_BYTES
+        )
+        added = (
+            time_forward(cost, touched).latency_seconds - time_forward(cost, CPU).latency_seconds
+        )
+        assert added == pytest.approx(large * FIGURES["first_touch_seconds_per_byte"])
+        assert (large > 0) == (batch == 16)  # 1 × 128: every tensor far under the mmap threshold
+    # at 16 × 512: the scores (3 × 192 MiB) and the FFN outputs (9 × 96 MiB) of every layer
+    per_layer = (3 * 16 * 12 * 512 * 512 + 9 * 16 * 512 * 3072) * 4
+    assert large == 12 * per_layer
+
+
+def test_tanh_and_exp_bound_their_kernels_from_below_on_the_cpu() -> None:
+    cost = forward_cost(PRESETS["bigbird-roberta-base"], 16, 512, "float32")
+    tanh = next(k for k in cost.kernels if k.name == "ffn_activation_tanh")
+    softmax = next(k for k in cost.kernels if k.name == "attention_softmax")
+    fast = replace(CPU, tanh_elements_per_second=1e15, exp_elements_per_second=1e15)
+    slow = replace(CPU, tanh_elements_per_second=6.8e8, exp_elements_per_second=1e8)
+    for kernel in (tanh, softmax):
+        assert kernel_device_seconds(kernel, fast, "float32") == kernel_device_seconds(
+            kernel, CPU, "float32"
+        )  # memory-bound: the roofline's larger term wins
+    assert kernel_device_seconds(tanh, slow, "float32") == (16 * 512 * 3072 / 6.8e8, True)
+    assert kernel_device_seconds(softmax, slow, "float32") == (16 * 12 * 512 * 512 / 1e8, True)
+
+
+def test_the_new_terms_change_no_gpu_prediction() -> None:
+    """A GPU's caching allocator reuses memory and its transcendentals are cheap: even parameters
+    carrying the figures predict exactly as without them."""
+    arch = PRESETS["bigbird-roberta-base"]
+    for spec in ("A100-80GB", "T4"):
+        gpu = params_from_spec(find_device(spec))
+        with_figures = replace(gpu, **FIGURES)
+        for batch, seq in ((1, 128), (16, 512), (64, 512)):
+            assert predict(arch, with_figures, batch, seq, "float16") == predict(
+                arch, gpu, batch, seq, "float16"
+            )
+
+
+def test_the_cpu_terms_slow_bigbird_more_than_bert_at_large_activations() -> None:
+    """The diagnosed miss: BigBird's eight-op gelu_new and eager scores allocate 7× the fresh
+    bytes of BERT's fused GELU and SDPA at 16 × 512, so the terms lengthen it far more."""
+    measured = replace(CPU, **FIGURES)
+    slowdown = {}
+    for name in ("bigbird-roberta-base", "bert-base"):
+        before = predict(PRESETS[name], CPU, 16, 512, "float32").latency_seconds
+        after = predict(PRESETS[name], measured, 16, 512, "float32").latency_seconds
+        slowdown[name] = after / before - 1.0
+    assert slowdown["bigbird-roberta-base"] > 3 * slowdown["bert-base"] > 0
+    # nothing large at 1 × 128; only the pooler's 768 tanh elements
+    small = predict(PRESETS["bert-base"], measured, 1, 128, "float32").latency_seconds
+    assert small == pytest.approx(
+        predict(PRESETS["bert-base"], CPU, 1, 128, "float32").latency_seconds, rel=1e-4
+    )
