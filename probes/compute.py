@@ -13,6 +13,14 @@ It also times 2–3 smaller square products (32, 128, 512 on the CPU; 512–2048
 sample a loop of at least 2·128³ FLOP so a clock read is negligible), reported in
 ``detail["rates_by_size"]``: transformer layers at small batch × sequence run products far below
 the peak rate, and the performance model calibrates its small-GEMM efficiency from these.
+
+On the CPU it also times ``tanh`` and ``exp`` over a cache-resident tensor into an existing
+output (``detail["transcendental_elements_per_second"]``, elements per second): they are
+compute-bound there (tanh ran at 0.4 G elements/s per thread here, twenty times slower than a
+multiply), and BigBird's ``gelu_new`` and eager softmax run them over tokens × 3072 and
+B · heads · s² elements. 2^20 elements (4 MiB in, 4 MiB out) sit in the last-level cache, so the
+figure is the function's arithmetic, not the memory; one call takes about a millisecond. On a GPU
+they are cheap next to memory traffic and not measured.
 """
 
 from __future__ import annotations
@@ -34,6 +42,10 @@ CPU_SMALL_SIZES = (32, 128, 512)
 LOOP_FLOPS = 2 * 128**3
 # Share of the timing budget spent on the large product; the small sizes share the rest.
 LARGE_SHARE = 0.7
+# Share of the budget for the transcendental rates (CPU only), taken from the small sizes' part.
+TRANSCENDENTAL_SHARE = 0.1
+TRANSCENDENTAL_ELEMENTS = 1 << 20
+TRANSCENDENTAL_FUNCTIONS = ("tanh", "exp")
 
 
 def size_under_cap(size: int, dtype: str, memory_cap_bytes: int) -> int:
@@ -65,6 +77,29 @@ def _rate(
     return 2.0 * n**3 * loops / measurement.median_seconds, measurement
 
 
+def transcendental_rates(
+    request: ProbeRequest,
+    timer: Timer,
+    timing: TimingRequest,
+    threads: int,
+    clock: Callable[[], float],
+) -> tuple[dict[str, float], float]:
+    """Elements per second of each of ``TRANSCENDENTAL_FUNCTIONS`` in the request's dtype, and
+    the device seconds spent measuring them."""
+    dtype = torch_dtype(request.dtype)
+    source = torch.randn(TRANSCENDENTAL_ELEMENTS, dtype=dtype, device=request.device)
+    out = torch.empty_like(source)
+    rates, seconds = {}, 0.0
+    for name in TRANSCENDENTAL_FUNCTIONS:
+        function = getattr(torch, name)
+        measurement = measure(
+            lambda f=function: f(source, out=out), timing, timer, clock=clock, threads=threads
+        )
+        rates[name] = TRANSCENDENTAL_ELEMENTS / measurement.median_seconds
+        seconds += measurement.device_seconds
+    return rates, seconds
+
+
 def run(
     request: ProbeRequest,
     *,
@@ -89,15 +124,24 @@ def run(
     small_sizes = [n for n in (GPU_SMALL_SIZES if request.is_cuda else CPU_SMALL_SIZES) if n < size]
     rates_by_size = []
     other_device_seconds = 0.0
+    transcendental_share = 0.0 if request.is_cuda else TRANSCENDENTAL_SHARE
     for n in small_sizes:
         # A fixed share each, with a hard stop at twice it: however slow the large product was
         # on a loaded host, the small sizes are always measured (the model needs them) and cheap.
-        share = budget * (1 - LARGE_SHARE) / len(small_sizes)
+        share = budget * (1 - LARGE_SHARE - transcendental_share) / len(small_sizes)
         small_timing = replace(request.timing, budget_seconds=share, max_seconds=2 * share)
         rate, small = _rate(n, request, timer, small_timing, threads, clock)
         other_device_seconds += small.device_seconds
         rates_by_size.append({"m": n, "n": n, "k": n, "flops_per_second": rate})
     rates_by_size.append({"m": size, "n": size, "k": size, "flops_per_second": flops_per_second})
+    extra = {}
+    if not request.is_cuda:
+        share = budget * transcendental_share / len(TRANSCENDENTAL_FUNCTIONS)
+        timing = replace(request.timing, budget_seconds=share, max_seconds=2 * share)
+        extra["transcendental_elements_per_second"], seconds = transcendental_rates(
+            request, timer, timing, threads, clock
+        )
+        other_device_seconds += seconds
     return ProbeResult(
         probe="compute",
         value=flops_per_second,
@@ -109,6 +153,7 @@ def run(
             "n": size,
             "k": size,
             "rates_by_size": rates_by_size,
+            **extra,
         },
         other_device_seconds=other_device_seconds,
     )

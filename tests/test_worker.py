@@ -157,6 +157,10 @@ def test_the_real_worker_end_to_end_through_the_supervisor() -> None:
     assert probes["compute"]["unit"] == "flops_per_second"
     assert len(probes["compute"]["detail"]["rates_by_size"]) >= 3
     assert probes["memory"]["unit"] == "bytes_per_second"
+    # the CPU terms' figures (docs/internals.md): first touch of fresh memory, tanh and exp rates
+    assert probes["memory"]["detail"]["first_touch_seconds_per_byte"] >= 0
+    rates = probes["compute"]["detail"]["transcendental_elements_per_second"]
+    assert set(rates) == {"tanh", "exp"} and all(rate > 0 for rate in rates.values())
     assert "kernel_floor_seconds" in probes["dispatch"]["detail"]
     assert all(len(entry["samples_seconds"]) <= 50 for entry in result["probes"])
 
