@@ -40,7 +40,8 @@ from scaleprobe.probes.device import (
 log = logging.getLogger("scaleprobe.probes.guard")
 
 # The first check on a CPU samples the other processes' load for this long; later checks measure
-# it over the time since the previous check (the probe in between included, its own time taken out).
+# it over the time since the previous check (the probe in between included, its own time taken
+# out), or over a window of their own when less CPU time than this has passed since.
 CPU_WINDOW_SECONDS = 0.25
 
 
@@ -99,15 +100,16 @@ def own_cpu_seconds() -> float:
 def read_cpu_sample(proc_stat: Path, own: Callable[[], float] = own_cpu_seconds) -> CpuSample:
     """The aggregate ``cpu`` line of /proc/stat (clock ticks) and this process's CPU time.
 
-    Idle is ``idle + iowait``; everything else is busy, ``steal`` included (a hypervisor running
-    someone else on these cores is load the probes would measure too).
+    Idle is ``idle + iowait``; busy is ``user + nice + system + irq + softirq``. ``steal`` (time a
+    hypervisor gave these vCPUs to another guest) is left out of both: it is not a workload on this
+    node that probing would slow down, and cloud VMs show it all the time.
     """
     first = proc_stat.read_text().splitlines()[0].split()
     if not first or first[0] != "cpu":
         raise ValueError(f"{proc_stat} does not start with the aggregate 'cpu' line")
-    ticks = [float(value) for value in first[1:9]]  # user nice system idle iowait irq softirq steal
-    if len(ticks) < 5:
-        raise ValueError(f"{proc_stat}: {len(ticks)} fields on the 'cpu' line, expected 8")
+    ticks = [float(value) for value in first[1:8]]  # user nice system idle iowait irq softirq
+    if len(ticks) < 7:
+        raise ValueError(f"{proc_stat}: {len(ticks)} fields on the 'cpu' line, expected 7 or more")
     per_second = float(os.sysconf("SC_CLK_TCK"))
     total = sum(ticks)
     idle = ticks[3] + ticks[4]
@@ -198,39 +200,19 @@ class Guard:
             free = int(self.nvml.nvmlDeviceGetMemoryInfo(self.handle).free)
         except Exception as error:
             return GuardReading(checked=False, reason=f"NVML query failed: {_describe(error)}")
-        if utilization > self.max_utilization_ratio:
-            return GuardReading(
-                checked=True,
-                reason=f"device busy: utilization {utilization:.0%} over the "
-                f"{self.max_utilization_ratio:.0%} threshold",
-                utilization_ratio=utilization,
-                free_memory_bytes=free,
-                outcome="skipped_busy",
-            )
-        if free < self.min_free_memory_bytes:
-            return GuardReading(
-                checked=True,
-                reason=f"memory short: {free} bytes free, under the "
-                f"{self.min_free_memory_bytes} bytes minimum",
-                utilization_ratio=utilization,
-                free_memory_bytes=free,
-                outcome="skipped_memory",
-            )
-        return GuardReading(
-            checked=True,
-            reason="utilization and free memory within limits",
-            utilization_ratio=utilization,
-            free_memory_bytes=free,
-        )
+        busy = f"device busy: utilization {utilization:.0%}"
+        return self._decide(utilization, free, busy, "utilization and free memory within limits")
 
     def _check_cpu(self) -> GuardReading:
         """The other processes' share of all cores since the last check, and MemAvailable."""
         try:
             start = self._last_cpu
-            if start is None:
-                start = read_cpu_sample(self.proc_stat, self.own_cpu)
-                self.sleep(CPU_WINDOW_SECONDS)
             end = read_cpu_sample(self.proc_stat, self.own_cpu)
+            if start is None or end.total_seconds - start.total_seconds < CPU_WINDOW_SECONDS:
+                # a first check, or one right after the last: measure over a window of its own
+                start = end
+                self.sleep(CPU_WINDOW_SECONDS)
+                end = read_cpu_sample(self.proc_stat, self.own_cpu)
         except (OSError, ValueError, IndexError) as error:
             return GuardReading(checked=False, reason=f"CPU load unreadable: {_describe(error)}")
         self._last_cpu = end
@@ -240,30 +222,23 @@ class Guard:
         others = (end.busy_seconds - start.busy_seconds) - (end.own_seconds - start.own_seconds)
         utilization = min(1.0, max(0.0, others / total))
         free = host_memory_bytes(self.meminfo, "MemAvailable")
+        busy = f"CPU busy: other processes used {utilization:.0%} of the cores,"
+        within = "other processes' CPU load and available memory within limits"
+        return self._decide(utilization, free, busy, within)
+
+    def _decide(self, utilization: float, free: int | None, busy: str, within: str) -> GuardReading:
+        """Skip while the device is busier than the threshold, else while memory is short."""
+        outcome, reason = None, within
         if utilization > self.max_utilization_ratio:
-            return GuardReading(
-                checked=True,
-                reason=f"CPU busy: other processes used {utilization:.0%} of the cores, over the "
-                f"{self.max_utilization_ratio:.0%} threshold",
-                utilization_ratio=utilization,
-                free_memory_bytes=free,
-                outcome="skipped_busy",
+            outcome = "skipped_busy"
+            reason = f"{busy} over the {self.max_utilization_ratio:.0%} threshold"
+        elif free is not None and free < self.min_free_memory_bytes:
+            outcome = "skipped_memory"
+            reason = (
+                f"memory short: {free} bytes free, under the {self.min_free_memory_bytes} bytes "
+                "minimum"
             )
-        if free is not None and free < self.min_free_memory_bytes:
-            return GuardReading(
-                checked=True,
-                reason=f"memory short: {free} bytes available, under the "
-                f"{self.min_free_memory_bytes} bytes minimum",
-                utilization_ratio=utilization,
-                free_memory_bytes=free,
-                outcome="skipped_memory",
-            )
-        return GuardReading(
-            checked=True,
-            reason="other processes' CPU load and available memory within limits",
-            utilization_ratio=utilization,
-            free_memory_bytes=free,
-        )
+        return GuardReading(True, reason, utilization, free, outcome)
 
     def clocks(self) -> dict[str, int]:
         """Current SM and memory clocks in MHz (empty when NVML cannot say)."""

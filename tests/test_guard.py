@@ -96,34 +96,45 @@ class StatFile:
 
     def __init__(self, path: Path, samples: list[tuple[int, int, int]]) -> None:
         self.path, self.samples = path, iter(samples)
-        self.advance(0.0)
+        self.sleeps: list[float] = []
+        self.write()
 
-    def advance(self, seconds: float) -> None:
+    def write(self) -> None:
         busy, idle, steal = next(self.samples)
         self.path.write_text(stat_line(busy, idle, steal))
 
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.write()
 
-def cpu_guard(tmp_path: Path, samples: list[tuple[int, int, int]], own: list[float]) -> Guard:
-    stat = StatFile(tmp_path / "stat", samples)
+
+def never_busy() -> Guard:
+    """The real CPU guard with a threshold no load exceeds: for tests of what wraps the probe."""
+    return Guard("cpu", max_utilization_ratio=1.0)
+
+
+def cpu_guard(
+    tmp_path: Path, stat: StatFile, own: list[float], min_free_memory_bytes: int = GiB
+) -> Guard:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       16777216 kB\nMemAvailable:    8388608 kB\n")
     own_seconds = iter(own)
     return Guard(
         "cpu",
         max_utilization_ratio=0.5,
-        min_free_memory_bytes=GiB,
+        min_free_memory_bytes=min_free_memory_bytes,
         meminfo=meminfo,
         proc_stat=stat.path,
         own_cpu=lambda: next(own_seconds),
-        sleep=stat.advance,
+        sleep=stat.sleep,
     )
 
 
 def test_the_cpu_guard_subtracts_its_own_time_from_the_load(tmp_path: Path) -> None:
     tick = os.sysconf("SC_CLK_TCK")
     # over the window 100 ticks elapse (busy 80, idle 20); the worker itself used 70 of them
-    guard = cpu_guard(tmp_path, [(0, 0, 0), (80, 20, 0)], own=[0.0, 70 / tick])
-    reading = guard.check()
+    stat = StatFile(tmp_path / "stat", [(0, 0, 0), (80, 20, 0)])
+    reading = cpu_guard(tmp_path, stat, own=[0.0, 70 / tick]).check()
     assert reading.checked and reading.outcome is None, reading
     assert reading.utilization_ratio == pytest.approx(0.10)
     assert reading.free_memory_bytes == 8 * GiB
@@ -131,27 +142,30 @@ def test_the_cpu_guard_subtracts_its_own_time_from_the_load(tmp_path: Path) -> N
 
 def test_a_cpu_that_neighbours_keep_busy_skips_the_probe(tmp_path: Path) -> None:
     tick = os.sysconf("SC_CLK_TCK")
-    # first window: neighbours 60 of 100 ticks (steal counts: someone else runs on these cores)
-    guard = cpu_guard(
-        tmp_path, [(0, 0, 0), (40, 40, 20), (40, 40, 20)], own=[0.0, 0.0, 10 / tick, 10 / tick]
-    )
-    first = guard.check()
-    assert first.outcome == "skipped_busy" and first.utilization_ratio == pytest.approx(0.6)
-    assert "other processes used 60%" in first.reason and "50%" in first.reason
+    # neighbours 60 of 100 ticks; steal (another VM on these vCPUs) is neither busy nor idle here
+    stat = StatFile(tmp_path / "stat", [(0, 0, 0), (70, 30, 500)])
+    reading = cpu_guard(tmp_path, stat, own=[0.0, 10 / tick]).check()
+    assert reading.outcome == "skipped_busy" and reading.utilization_ratio == pytest.approx(0.6)
+    assert "other processes used 60%" in reading.reason and "50%" in reading.reason
 
 
-def test_later_cpu_checks_measure_since_the_previous_one_without_sleeping(tmp_path: Path) -> None:
-    stat = tmp_path / "stat"
-    stat.write_text(stat_line(0, 0))
-    sleeps: list[float] = []
-    own = iter([0.0, 0.0, 0.0])
-    guard = Guard("cpu", proc_stat=stat, own_cpu=lambda: next(own), sleep=sleeps.append)
-    guard.check()  # first: samples over a window (the fake time does not move)
-    assert sleeps == [0.25]
-    stat.write_text(stat_line(90, 10))
-    reading = guard.check()
-    assert sleeps == [0.25]  # no second wait: the time since the first check is the window
-    assert reading.outcome == "skipped_busy" and reading.utilization_ratio == pytest.approx(0.9)
+def test_later_cpu_checks_measure_since_the_previous_one(tmp_path: Path) -> None:
+    tick = os.sysconf("SC_CLK_TCK")
+    # first check: a window of its own; the second comes after a probe that used 2 s of CPU
+    # (its own time, not counted) on a machine otherwise at 10%; the third comes at once
+    samples = [(0, 0, 0), (0, 100, 0), (230, 170, 0), (230, 170, 0), (240, 190, 0)]
+    stat = StatFile(tmp_path / "stat", samples)
+    guard = cpu_guard(tmp_path, stat, own=[0.0, 0.0, 200 / tick, 200 / tick, 200 / tick])
+    assert guard.check().utilization_ratio == pytest.approx(0.0)
+    assert stat.sleeps == [0.25]
+    stat.write()  # the probe runs
+    second = guard.check()
+    assert stat.sleeps == [0.25]  # no wait: the probe's time is the window
+    assert second.outcome is None and second.utilization_ratio == pytest.approx(0.1)
+    stat.write()  # nothing runs in between
+    third = guard.check()
+    assert stat.sleeps == [0.25, 0.25]  # too little time since the last check: a window again
+    assert third.checked and third.utilization_ratio == pytest.approx(1 / 3)
 
 
 def test_an_unreadable_proc_stat_is_reported_not_raised(tmp_path: Path) -> None:
@@ -162,9 +176,8 @@ def test_an_unreadable_proc_stat_is_reported_not_raised(tmp_path: Path) -> None:
 
 
 def test_short_host_memory_skips_a_cpu_probe(tmp_path: Path) -> None:
-    guard = cpu_guard(tmp_path, [(0, 0, 0), (10, 90, 0)], own=[0.0, 0.0])
-    guard.min_free_memory_bytes = 16 * GiB
-    reading = guard.check()
+    stat = StatFile(tmp_path / "stat", [(0, 0, 0), (10, 90, 0)])
+    reading = cpu_guard(tmp_path, stat, own=[0.0, 0.0], min_free_memory_bytes=16 * GiB).check()
     assert reading.outcome == "skipped_memory" and str(8 * GiB) in reading.reason
 
 
@@ -273,7 +286,7 @@ def test_an_exception_becomes_a_failed_entry() -> None:
     def broken() -> dict[str, object]:
         raise ValueError("shapes cannot be multiplied (2x3 and 4x5)")
 
-    entry = run_guarded("compute", broken, Guard("cpu"))
+    entry = run_guarded("compute", broken, never_busy())
     assert entry["outcome"] == "failed"
     assert "ValueError: shapes cannot be multiplied" in entry["reason"]
     assert entry["duration_seconds"] >= 0
@@ -296,7 +309,7 @@ def test_host_out_of_memory_is_recognised() -> None:
     def oom() -> dict[str, object]:
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
 
-    entry = run_guarded("model", oom, Guard("cpu"))
+    entry = run_guarded("model", oom, never_busy())
     assert entry["reason"].startswith("out of memory")
 
 
@@ -304,7 +317,7 @@ def test_a_probe_may_skip_itself() -> None:
     def too_big() -> dict[str, object]:
         raise SkipProbe("skipped_memory", "would need 9 GB")
 
-    entry = run_guarded("model", too_big, Guard("cpu"))
+    entry = run_guarded("model", too_big, never_busy())
     assert entry == {
         "outcome": "skipped_memory",
         "reason": "would need 9 GB",
