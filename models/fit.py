@@ -5,8 +5,9 @@ Three steps, each usable alone:
 1. ``calibrate(ProbeResults)``: the device parameters from the calibration probes alone. The
    compute probe's best rate is the GEMM rate; its rates at smaller sizes give the saturation
    curve's half size; the copy probe gives the bandwidth; the dispatch probe the host cost per op.
-2. ``refit(params, points, architectures)``: adjusts four multipliers (GEMM rate, GEMM half size,
-   elementwise bandwidth, host cost per op) to measured forward passes, minimising a Huber loss of
+2. ``refit(params, points, architectures)``: adjusts five multipliers (GEMM rate, GEMM half size,
+   elementwise bandwidth, host cost per op, and on a CPU with the probe figure the first-touch
+   cost per byte) to measured forward passes, minimising a Huber loss of
    the log latency ratios plus a Gaussian prior pulling each multiplier toward 1, i.e. toward the
    probe calibration. Few free parameters, a robust loss and the prior are why one or two bad
    points cannot send it wild; with many good points the data win.
@@ -272,8 +273,14 @@ class FitReport:
 
 # The refit's free parameters: a log multiplier each, with the prior's standard deviation (in log
 # units: 0.7 lets a parameter move by a factor of two at the cost of one "sigma").
-FREE_PARAMETERS = ("compute", "gemm_half_size", "elementwise_bandwidth", "dispatch")
-PRIOR_SIGMA = {"compute": 0.5, "gemm_half_size": 1.0, "elementwise_bandwidth": 0.7, "dispatch": 0.7}
+FREE_PARAMETERS = ("compute", "gemm_half_size", "elementwise_bandwidth", "dispatch", "first_touch")
+PRIOR_SIGMA = {
+    "compute": 0.5,
+    "gemm_half_size": 1.0,
+    "elementwise_bandwidth": 0.7,
+    "dispatch": 0.7,
+    "first_touch": 0.5,
+}
 # Residual scale of the Huber loss (log latency ratio): about the machine noise of one point.
 NOISE_SCALE = 0.02
 HUBER_K = 1.5
@@ -281,8 +288,12 @@ OUTLIER_RATIO = 0.25
 
 
 def apply_multipliers(params: DeviceParams, theta: Sequence[float] | np.ndarray) -> DeviceParams:
-    """The parameters with the refit's log multipliers applied (order of FREE_PARAMETERS)."""
-    compute, half, elementwise, dispatch = (math.exp(float(t)) for t in theta)
+    """The parameters with the refit's log multipliers applied (order of FREE_PARAMETERS; a
+    shorter ``theta`` leaves the rest at 1, so four multipliers from older refits still apply).
+    The first-touch multiplier does nothing without a measured ``first_touch_seconds_per_byte``.
+    """
+    values = [math.exp(float(t)) for t in theta] + [1.0] * (len(FREE_PARAMETERS) - len(theta))
+    compute, half, elementwise, dispatch, first_touch = values
     return replace(
         params,
         compute_flops_per_second={
@@ -292,6 +303,9 @@ def apply_multipliers(params: DeviceParams, theta: Sequence[float] | np.ndarray)
         elementwise_bandwidth_ratio=params.elementwise_bandwidth_ratio * elementwise,
         dispatch_seconds=params.dispatch_seconds * dispatch,
         module_seconds=params.module_seconds * dispatch,
+        first_touch_seconds_per_byte=None
+        if params.first_touch_seconds_per_byte is None
+        else params.first_touch_seconds_per_byte * first_touch,
     )
 
 

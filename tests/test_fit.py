@@ -322,3 +322,20 @@ def test_two_point_refit_no_longer_trades_the_compute_rate_for_first_touch() -> 
         return sum(errors) / len(errors)
 
     assert mape(fixed.params) < 0.01 < mape(blind.params)
+
+
+def test_refit_scales_the_first_touch_cost_when_large_points_inform_it() -> None:
+    """Forwards may pay less per faulted byte than the probe's clone: with BigBird's large points
+    generated at 0.6 × c_ft, the fifth multiplier finds it and the others stay near 1; without a
+    measured c_ft (older calibrations) it stays at 1 and changes nothing."""
+    prior = calibrate(ProbeResults.from_records(with_cpu_figures(RECORDS)))
+    truth = apply_multipliers(prior, [0.0, 0.0, 0.0, 0.0, math.log(0.6)])
+    assert truth.first_touch_seconds_per_byte == pytest.approx(
+        0.6 * NEW_FIGURES["first_touch_seconds_per_byte"]
+    )
+    report = refit(prior, synthetic(truth, BIGBIRD_GRID), PRESETS)
+    assert report.multipliers["first_touch"] == pytest.approx(0.6, rel=0.05)
+    assert report.multipliers["compute"] == pytest.approx(1.0, abs=0.03)
+    assert report.mape_ratio < 0.005
+    old = refit(cpu(), synthetic(cpu(), GRID[:3]), PRESETS)
+    assert old.multipliers["first_touch"] == 1.0 and old.params.first_touch_seconds_per_byte is None
