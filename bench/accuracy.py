@@ -23,6 +23,12 @@ versus bfloat16.
     python bench/accuracy.py --out bench/results/accuracy.json        # full run (about 20 min)
     python bench/accuracy.py --load bench/results/accuracy.json       # re-score saved data
     python bench/accuracy.py --quick --out /tmp/accuracy-quick.json   # tiny grid (test suite)
+    python bench/accuracy.py --load bench/results/accuracy.json \\
+        --assume-cpu-figures 2.84e-10,7.08e8,1.92e9                 # what-if, see below
+
+``--assume-cpu-figures FIRST_TOUCH,TANH,EXP`` re-scores saved data whose calibrations predate the
+CPU first-touch and transcendental probe figures as if they had measured these (a what-if:
+the figures come from another calibration on the same machine and thread count).
 
 Re-scoring with ``--load`` uses the current performance model without measuring anything again,
 which is how a change to ``scaleprobe.models`` is checked against the same ground truth.
@@ -245,8 +251,14 @@ def median_probe_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str,
     return chosen
 
 
+# Set by --assume-cpu-figures: first-touch s/B, tanh and exp elements/s for calibrations without.
+ASSUMED_CPU_FIGURES: dict[str, float] = {}
+
+
 def params_from(records: Sequence[Mapping[str, Any]]) -> DeviceParams:
-    return fit.calibrate(fit.ProbeResults.from_records(records), kind="cpu")
+    params = fit.calibrate(fit.ProbeResults.from_records(records), kind="cpu")
+    missing = {k: v for k, v in ASSUMED_CPU_FIGURES.items() if getattr(params, k) is None}
+    return dataclasses.replace(params, **missing) if missing else params
 
 
 class Scorer:
@@ -646,6 +658,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="FILE.json",
         help="another run of the same grid: report the noise floor between the two runs too",
     )
+    parser.add_argument(
+        "--assume-cpu-figures",
+        metavar="FT,TANH,EXP",
+        type=lambda text: [float(x) for x in text.split(",")],
+        help="first-touch s/B, tanh and exp elements/s for calibrations that lack them",
+    )
     parser.add_argument("--no-cross", dest="cross", action="store_false", default=None)
     parser.add_argument("--no-tiny", dest="tiny", action="store_false", default=None)
     args = parser.parse_args(argv)
@@ -668,11 +686,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"unknown model(s) {', '.join(unknown)}; presets: {', '.join(PRESETS)}")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.assume_cpu_figures is not None and (
+        len(args.assume_cpu_figures) != 3 or min(args.assume_cpu_figures) <= 0
+    ):
+        parser.error("--assume-cpu-figures takes three positive numbers: FT,TANH,EXP")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    ASSUMED_CPU_FIGURES.clear()
+    if args.assume_cpu_figures:
+        names = ("first_touch_seconds_per_byte", "tanh_elements_per_second")
+        ASSUMED_CPU_FIGURES.update(
+            zip((*names, "exp_elements_per_second"), args.assume_cpu_figures, strict=True)
+        )
     data = read_json(args.load) if args.load else measure(args)
     if args.noise_against:
         data["other_run_points"] = read_json(args.noise_against)["points"]

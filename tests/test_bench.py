@@ -84,6 +84,13 @@ def test_accuracy_quick_run_is_well_formed(accuracy_run: tuple[dict, str]) -> No
     calibration = data["calibrations"][0]
     assert {p["probe"] for p in calibration["probes"]} == {"compute", "memory", "dispatch"}
     assert all(p["outcome"] == "ok" and p["value"] > 0 for p in calibration["probes"])
+    # the CPU terms' figures are recorded for future re-scoring, and calibrated
+    by_probe = {p["probe"]: p for p in calibration["probes"]}
+    assert by_probe["memory"]["detail"]["first_touch_seconds_per_byte"] >= 0
+    rates = by_probe["compute"]["detail"]["transcendental_elements_per_second"]
+    assert set(rates) == {"tanh", "exp"} and all(rate > 0 for rate in rates.values())
+    params = load("accuracy").params_from(calibration["probes"])
+    assert params.tanh_elements_per_second == rates["tanh"]
 
     scores = data["scores"]
     for model in settings["models"]:
@@ -150,3 +157,56 @@ def test_exporter_cost_quick_run_is_well_formed() -> None:
     render = figures["render_cpu_ms_per_scrape"]
     assert set(render) == {"text", "text_first", "prometheus_gzip", "prometheus_gzip_first"}
     assert all(value > 0 for value in render.values())
+
+
+def test_stored_calibrations_without_the_cpu_figures_predict_as_before() -> None:
+    """bench/results/accuracy.json predates the first-touch and transcendental figures: its
+    calibration has none, so re-scoring it uses the model as it was."""
+    accuracy = load("accuracy")
+    data = json.loads((BENCH / "results" / "accuracy.json").read_text())
+    records = [r for c in data["calibrations"] for r in c["probes"]]
+    params = accuracy.params_from(accuracy.median_probe_records(records))
+    assert params.first_touch_seconds_per_byte is None
+    assert params.tanh_elements_per_second is None and params.exp_elements_per_second is None
+
+
+def test_large_activations_report_compares_without_and_with_the_cpu_terms() -> None:
+    """Synthetic measurements equal to the model with the terms: "after" errs by 0, "before"
+    (the same calibration without the figures) predicts BigBird 16 × 512 too fast."""
+    from scaleprobe.models.architecture import PRESETS
+    from scaleprobe.models.predict import predict
+
+    module = load("large_activations")
+    accuracy = load("accuracy")
+    records = [
+        {"probe": "compute", "outcome": "ok", "dtype": "float32", "value": 1.4e11,
+         "detail": {"transcendental_elements_per_second": {"tanh": 7e8, "exp": 1.9e9}}},
+        {"probe": "memory", "outcome": "ok", "value": 4e10,
+         "detail": {"first_touch_seconds_per_byte": 2.8e-10}},
+        {"probe": "dispatch", "outcome": "ok", "value": 9e-7, "detail": {}},
+    ]  # fmt: skip
+    params = accuracy.params_from(records)
+    points = [
+        {
+            "model": "bigbird-roberta-base",
+            "batch_size": 16,
+            "seq_len": 512,
+            "latency_seconds": predict(
+                PRESETS["bigbird-roberta-base"], params, 16, 512, "float32"
+            ).latency_seconds,
+        }
+    ]
+    data = {"machine": {}, "calibrations": [{"probes": records}], "points": points}
+    row = next(line for line in module.report(data).splitlines() if "16×512" in line)
+    before, after = row.split("|")[3], row.split("|")[4]
+    assert after.strip().endswith("+0%") and before.strip().endswith("%")
+    assert int(before.split(",")[1].strip().rstrip("%")) < -20
+
+
+def test_page_fault_count_runs_on_a_small_point() -> None:
+    """The --faults check on one small point: nothing it outputs reaches 32 MiB, so the model
+    charges no first touch there (the large points are for bench runs, not the suite)."""
+    table = load("large_activations").page_faults((("bert-base", 1, 8),))
+    row = next(line for line in table.splitlines() if "bert-base 1×8" in line)
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert float(cells[1]) > 0 and float(cells[3]) >= 0 and cells[4] == "0"
