@@ -39,6 +39,8 @@ DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO = 0.5
 DEFAULT_CPU_GEMM_HALF_SIZE = 32.0
 # Products smaller than this many FLOPs time the library's per-call set-up, not the curve.
 MIN_CURVE_FLOPS = 1e6
+# A product within this share of the peak rate is at the peak, as far as the probe can tell.
+NEAR_PEAK_RATIO = 0.97
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,9 @@ class ProbeResults:
     first_touch_seconds_per_byte: float | None = None
     tanh_elements_per_second: float | None = None
     exp_elements_per_second: float | None = None
+    # dtype -> (m, n, k, flops_per_second) of the compute probe's streamed product (CPU): a
+    # batch-1 linear layer over weights read from memory, detail["streamed_product"]
+    streamed_products: Mapping[str, tuple[int, int, int, float]] | None = None
 
     @classmethod
     def from_records(cls, records: Sequence[Mapping[str, Any]]) -> ProbeResults:
@@ -65,6 +70,7 @@ class ProbeResults:
         by_size: dict[str, list[tuple[int, int, int, float]]] = {}
         bandwidth = dispatch = floor = first_touch = None
         transcendental: dict[str, float] = {}
+        streamed: dict[str, tuple[int, int, int, float]] = {}
         for record in records:
             if not isinstance(record, Mapping) or record.get("outcome") != "ok":
                 continue
@@ -88,6 +94,15 @@ class ProbeResults:
                     if entry[3] > 0:
                         by_size.setdefault(dtype, []).append(entry)
                         compute[dtype] = max(compute[dtype], entry[3])
+                product: Any = detail.get("streamed_product")
+                try:
+                    shape = (int(product["m"]), int(product["n"]), int(product["k"]))
+                    product_rate = float(product["flops_per_second"])
+                except (KeyError, TypeError, ValueError):
+                    pass
+                else:
+                    if _positive_number(product_rate):
+                        streamed[dtype] = (*shape, product_rate)
                 rates = detail.get("transcendental_elements_per_second") or {}
                 for function in ("tanh", "exp"):
                     rate = rates.get(function) if isinstance(rates, Mapping) else None
@@ -112,6 +127,7 @@ class ProbeResults:
             first_touch_seconds_per_byte=first_touch,
             tanh_elements_per_second=transcendental.get("tanh"),
             exp_elements_per_second=transcendental.get("exp"),
+            streamed_products=streamed,
         )
 
 
@@ -146,11 +162,25 @@ def gemm_half_size_from_rates(
     for m, n, k, rate in rates:
         x = float(min(m, n, k))
         big_enough = 2.0 * m * n * k >= MIN_CURVE_FLOPS
-        if big_enough and x < peak_size and 0 < rate < 0.97 * peak:
+        if big_enough and x < peak_size and 0 < rate < NEAR_PEAK_RATIO * peak:
             estimates.append(x * (peak / rate - 1.0))
     if not estimates:
         return None
     return float(math.exp(sum(math.log(e) for e in estimates) / len(estimates)))
+
+
+def _half_size(probes: ProbeResults, dtype: str) -> float | None:
+    """x½ for one dtype: from the streamed product when the probe measured one (a forward's
+    linear layers read their weights from memory; small square products reuse cached operands
+    and run nearer the peak), else from the square sizes."""
+    peak = probes.compute_flops_per_second[dtype]
+    streamed = (probes.streamed_products or {}).get(dtype)
+    if streamed is not None:
+        m, n, k, rate = streamed
+        # at (or, by noise, above) the peak: the deficit the probe can resolve, not zero, so a
+        # refit can still scale it
+        return min(m, n, k) * max(peak / rate - 1.0, 1.0 / NEAR_PEAK_RATIO - 1.0)
+    return gemm_half_size_from_rates((probes.rates_by_size or {}).get(dtype, ()), peak)
 
 
 def calibrate(
@@ -173,9 +203,8 @@ def calibrate(
         raise InputError(f"device kind must be cpu or gpu, got {kind!r}")
     halves = [
         half
-        for dtype, rates in (probes.rates_by_size or {}).items()
-        if (half := gemm_half_size_from_rates(rates, probes.compute_flops_per_second[dtype]))
-        is not None
+        for dtype in probes.compute_flops_per_second
+        if (half := _half_size(probes, dtype)) is not None
     ]
     gpu = kind == "gpu"
     half_size = (

@@ -9,10 +9,20 @@ library picks its best blocking; past that, larger only costs time and memory. O
 n = 2048 (17 GFLOP, tens of milliseconds on two cores: ``bench/probe_quality.py`` shows larger
 sizes gain nothing here). The size halves until the three operands fit in ``memory_cap_bytes``.
 
-It also times 2–3 smaller square products (32, 128, 512 on the CPU; 512–2048 on a GPU, each
+It also times 2–3 smaller square products (128, 512 on the CPU; 512–2048 on a GPU, each
 sample a loop of at least 2·128³ FLOP so a clock read is negligible), reported in
 ``detail["rates_by_size"]``: transformer layers at small batch × sequence run products far below
 the peak rate, and the performance model calibrates its small-GEMM efficiency from these.
+
+On the CPU it also times a batch-1 linear layer as a forward runs it
+(``detail["streamed_product"]``): 16 rows × 768 → 768 against each of a stack of distinct weight
+matrices that together hold twice the last-level cache (at least 64 MiB), each used once per
+pass, so every product reads its weights from memory as a forward's layers do. A small square
+product reuses operands that sit in the cache and runs much nearer the peak (here 128³ ran at
+0.98 of it at one thread where a forward's 16-row layers ran at 0.55): the streamed product is
+what pins the model's GEMM curve (x½ = 16 · (peak/rate − 1): 12–13 at one thread, 28–35 at two
+here; a hot 128³ said 3 and 15). On a GPU such a product is bound by memory, which the model
+charges separately, so it is not measured there.
 
 On the CPU it also times ``tanh`` and ``exp`` over a cache-resident tensor into an existing
 output (``detail["transcendental_elements_per_second"]``, elements per second): they are
@@ -30,14 +40,18 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import torch
-from scaleprobe.probes.device import default_timer, dtype_bytes, torch_dtype
+from scaleprobe.probes.device import cpu_llc_bytes, default_timer, dtype_bytes, torch_dtype
 from scaleprobe.probes.request import ProbeRequest, ProbeResult
 from scaleprobe.probes.timing import Measurement, Timer, TimingRequest, measure
 
 GPU_SIZE = 8192
 CPU_SIZE = 2048
 GPU_SMALL_SIZES = (512, 1024, 2048)
-CPU_SMALL_SIZES = (32, 128, 512)
+CPU_SMALL_SIZES = (128, 512)
+# The streamed product (CPU): a batch-1 linear layer's shape, m × k times k × n, and the least
+# weight memory it cycles through (twice the last-level cache when that is larger).
+STREAMED_SHAPE = (16, 768, 768)
+STREAMED_MIN_WEIGHT_BYTES = 64 * 1024**2
 # Small products are timed in loops so one sample is long enough to read a clock around it.
 LOOP_FLOPS = 2 * 128**3
 # Share of the timing budget spent on the large product; the small sizes share the rest.
@@ -75,6 +89,55 @@ def _rate(
 
     measurement = measure(products, timing, timer, clock=clock, threads=threads)
     return 2.0 * n**3 * loops / measurement.median_seconds, measurement
+
+
+def streamed_weight_count(llc_bytes: int, dtype: str, memory_cap_bytes: int) -> int:
+    """How many distinct n×k weight matrices the streamed product cycles through: twice the
+    last-level cache (at least ``STREAMED_MIN_WEIGHT_BYTES``), within half the memory cap."""
+    _, n, k = STREAMED_SHAPE
+    wanted = max(2 * llc_bytes, STREAMED_MIN_WEIGHT_BYTES)
+    return min(wanted, memory_cap_bytes // 2) // (n * k * dtype_bytes(dtype))
+
+
+def streamed_rate(
+    request: ProbeRequest,
+    timer: Timer,
+    timing: TimingRequest,
+    threads: int,
+    clock: Callable[[], float],
+    llc_bytes: int,
+) -> tuple[dict[str, float], Measurement] | None:
+    """FLOP/s of ``STREAMED_SHAPE`` products whose weights come from memory, one weight matrix
+    after the other as a forward's layers use them (transposed, as ``nn.Linear`` stores them).
+
+    None when the memory cap leaves room for fewer than two matrices (the weights would stay
+    in the cache).
+    """
+    m, n, k = STREAMED_SHAPE
+    count = streamed_weight_count(llc_bytes, request.dtype, request.memory_cap_bytes)
+    if count < 2:
+        return None
+    dtype = torch_dtype(request.dtype)
+    # one random matrix copied: the values do not change the time, and filling 64 MiB with
+    # randn would cost more than the measurement
+    weights = torch.randn(n, k, dtype=dtype, device=request.device).expand(count, n, k).clone()
+    x = torch.randn(m, k, dtype=dtype, device=request.device)
+    out = torch.empty(m, n, dtype=dtype, device=request.device)
+
+    def products() -> None:
+        for i in range(count):
+            torch.mm(x, weights[i].t(), out=out)
+
+    measurement = measure(products, timing, timer, clock=clock, threads=threads)
+    rate = 2.0 * m * n * k * count / measurement.median_seconds
+    detail = {
+        "m": m,
+        "n": n,
+        "k": k,
+        "weights_bytes": count * n * k * dtype_bytes(request.dtype),
+        "flops_per_second": rate,
+    }
+    return detail, measurement
 
 
 def transcendental_rates(
@@ -125,17 +188,22 @@ def run(
     rates_by_size = []
     other_device_seconds = 0.0
     transcendental_share = 0.0 if request.is_cuda else TRANSCENDENTAL_SHARE
+    # A fixed share each, with a hard stop at twice it: however slow the large product was on a
+    # loaded host, the small sizes are always measured (the model needs them) and cheap.
+    parts = len(small_sizes) + (0 if request.is_cuda else 1)  # + the streamed product
+    share = budget * (1 - LARGE_SHARE - transcendental_share) / parts
+    small_timing = replace(request.timing, budget_seconds=share, max_seconds=2 * share)
     for n in small_sizes:
-        # A fixed share each, with a hard stop at twice it: however slow the large product was
-        # on a loaded host, the small sizes are always measured (the model needs them) and cheap.
-        share = budget * (1 - LARGE_SHARE - transcendental_share) / len(small_sizes)
-        small_timing = replace(request.timing, budget_seconds=share, max_seconds=2 * share)
         rate, small = _rate(n, request, timer, small_timing, threads, clock)
         other_device_seconds += small.device_seconds
         rates_by_size.append({"m": n, "n": n, "k": n, "flops_per_second": rate})
     rates_by_size.append({"m": size, "n": size, "k": size, "flops_per_second": flops_per_second})
-    extra = {}
+    extra: dict[str, object] = {}
     if not request.is_cuda:
+        streamed = streamed_rate(request, timer, small_timing, threads, clock, cpu_llc_bytes()[0])
+        if streamed is not None:
+            extra["streamed_product"] = streamed[0]
+            other_device_seconds += streamed[1].device_seconds
         share = budget * transcendental_share / len(TRANSCENDENTAL_FUNCTIONS)
         timing = replace(request.timing, budget_seconds=share, max_seconds=2 * share)
         extra["transcendental_elements_per_second"], seconds = transcendental_rates(

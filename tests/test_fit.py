@@ -86,6 +86,37 @@ def test_half_size_from_a_tall_skinny_product() -> None:
     assert gemm_half_size_from_rates(rates, 1.9e11) == pytest.approx(16 * (1 / 0.35 - 1))
 
 
+def with_streamed_product(rate: float) -> list[dict]:
+    compute = dict(RECORDS[0])
+    compute["detail"] = {
+        **RECORDS[0]["detail"],
+        "streamed_product": {
+            "m": 16,
+            "n": 768,
+            "k": 768,
+            "weights_bytes": 28 * 768 * 768 * 4,
+            "flops_per_second": rate,
+        },
+    }
+    return [compute, *RECORDS[1:]]
+
+
+def test_half_size_comes_from_the_streamed_product_when_measured() -> None:
+    # the square sizes say ~29; a batch-1 linear layer over weights from memory at 0.45 of the
+    # peak says 16 · (1/0.45 − 1) = 19.6, and that is what forwards run
+    probes = ProbeResults.from_records(with_streamed_product(0.45 * 1.9e11))
+    assert probes.streamed_products == {"float32": (16, 768, 768, 0.45 * 1.9e11)}
+    assert calibrate(probes).gemm_half_size == pytest.approx(16 * (1 / 0.45 - 1))
+    # at or above the peak (noise): the smallest deficit the probe resolves, not zero or None
+    at_peak = calibrate(ProbeResults.from_records(with_streamed_product(2.0e11)))
+    assert at_peak.gemm_half_size == pytest.approx(16 * (1 / 0.97 - 1))
+    # a malformed row is skipped, the square sizes decide as before
+    broken = with_streamed_product(0.45 * 1.9e11)
+    broken[0]["detail"]["streamed_product"] = {"m": 16, "flops_per_second": "fast"}
+    assert ProbeResults.from_records(broken).streamed_products == {}
+    assert calibrate(ProbeResults.from_records(broken)).gemm_half_size == cpu().gemm_half_size
+
+
 def test_half_size_ignores_sizes_past_the_peak() -> None:
     rates = [(128, 128, 128, 1.5e11), (512, 512, 512, 1.9e11), (2048, 2048, 2048, 1.4e11)]
     assert gemm_half_size_from_rates(rates, 1.9e11) == pytest.approx(128 * (1.9 / 1.5 - 1))

@@ -63,6 +63,10 @@ def test_compute_rate_is_flops_over_the_median_sample() -> None:
     assert sizes == [*compute.CPU_SMALL_SIZES, n]
     assert result.to_dict()["device_seconds"] > result.measurement.device_seconds  # small ones too
     assert all(row["flops_per_second"] > 0 for row in result.detail["rates_by_size"])
+    streamed = result.detail["streamed_product"]
+    assert (streamed["m"], streamed["n"], streamed["k"]) == compute.STREAMED_SHAPE
+    assert streamed["weights_bytes"] >= compute.STREAMED_MIN_WEIGHT_BYTES
+    assert 0 < streamed["flops_per_second"] < 1e14
     assert result.measurement.threads == torch.get_num_threads()
     entry = result.to_dict()
     assert entry["unit"] == "flops_per_second"
@@ -124,6 +128,21 @@ def test_compute_sizes_itself_under_the_memory_cap() -> None:
     result = compute.run(ProbeRequest(memory_cap_bytes=cap, timing=QUICK))
     assert 3 * result.detail["n"] ** 2 * dtype_bytes("float32") <= cap
     assert all(row["n"] <= 512 for row in result.detail["rates_by_size"])
+    # no room for two 768 × 768 weight matrices: they would stay in the cache, so not measured
+    assert "streamed_product" not in result.detail
+
+
+def test_streamed_product_cycles_through_twice_the_last_level_cache() -> None:
+    matrix = 768 * 768 * 4
+    big_cap = 2 * 1024**3
+    assert compute.streamed_weight_count(32 * 1024**2, "float32", big_cap) == 64 * 1024**2 // matrix
+    assert compute.streamed_weight_count(8 * 1024**2, "float32", big_cap) == 28  # 64 MiB at least
+    assert (
+        compute.streamed_weight_count(256 * 1024**2, "float32", big_cap) == 512 * 1024**2 // matrix
+    )
+    assert compute.streamed_weight_count(32 * 1024**2, "bfloat16", big_cap) == 56
+    # within half the memory cap
+    assert compute.streamed_weight_count(32 * 1024**2, "float32", 8 * matrix) == 4
 
 
 def test_compute_runs_in_bfloat16() -> None:
@@ -135,8 +154,11 @@ def test_memory_buffer_is_several_times_the_last_level_cache() -> None:
     result = memory.run(ProbeRequest(timing=QUICK))
     llc, _ = cpu_llc_bytes()
     size = result.detail["buffer_bytes"]
-    assert size >= memory.BUFFER_LLC_MULTIPLE * llc
-    assert not result.detail["cache_resident_risk"]
+    # 4 x the LLC unless two buffers would pass the memory cap (a 480 MiB L3 does)
+    wanted = max(memory.BUFFER_LLC_MULTIPLE * llc, memory.MIN_BUFFER_BYTES)
+    cap = ProbeRequest().memory_cap_bytes
+    assert size == min(wanted, cap // 2) // 4096 * 4096
+    assert result.detail["cache_resident_risk"] == (size < 2 * llc)
     assert result.value == pytest.approx(2 * size / result.measurement.median_seconds)
     by_method = result.detail["bytes_per_second_by_method"]
     assert set(by_method) == {"torch_copy", "memcpy"}
