@@ -49,9 +49,13 @@ CPU_SIZE = 2048
 GPU_SMALL_SIZES = (512, 1024, 2048)
 CPU_SMALL_SIZES = (128, 512)
 # The streamed product (CPU): a batch-1 linear layer's shape, m × k times k × n, and the least
-# weight memory it cycles through (twice the last-level cache when that is larger).
+# weight memory it cycles through (twice the last-level cache when that is larger), up to the
+# most: an encoder's weights are a few hundred MB, so a larger stack measures nothing a forward
+# sees, and a VM's /sys may report the whole host's L3 (480 MiB on one of our machines, where
+# copies of 128 MiB and of 1 GiB ran at the same bandwidth).
 STREAMED_SHAPE = (16, 768, 768)
 STREAMED_MIN_WEIGHT_BYTES = 64 * 1024**2
+STREAMED_MAX_WEIGHT_BYTES = 256 * 1024**2
 # Small products are timed in loops so one sample is long enough to read a clock around it.
 LOOP_FLOPS = 2 * 128**3
 # Share of the timing budget spent on the large product; the small sizes share the rest.
@@ -93,9 +97,10 @@ def _rate(
 
 def streamed_weight_count(llc_bytes: int, dtype: str, memory_cap_bytes: int) -> int:
     """How many distinct n×k weight matrices the streamed product cycles through: twice the
-    last-level cache (at least ``STREAMED_MIN_WEIGHT_BYTES``), within half the memory cap."""
+    last-level cache (at least ``STREAMED_MIN_WEIGHT_BYTES``, at most
+    ``STREAMED_MAX_WEIGHT_BYTES``), within half the memory cap."""
     _, n, k = STREAMED_SHAPE
-    wanted = max(2 * llc_bytes, STREAMED_MIN_WEIGHT_BYTES)
+    wanted = min(max(2 * llc_bytes, STREAMED_MIN_WEIGHT_BYTES), STREAMED_MAX_WEIGHT_BYTES)
     return min(wanted, memory_cap_bytes // 2) // (n * k * dtype_bytes(dtype))
 
 

@@ -138,7 +138,11 @@ def test_streamed_product_cycles_through_twice_the_last_level_cache() -> None:
     assert compute.streamed_weight_count(32 * 1024**2, "float32", big_cap) == 64 * 1024**2 // matrix
     assert compute.streamed_weight_count(8 * 1024**2, "float32", big_cap) == 28  # 64 MiB at least
     assert (
-        compute.streamed_weight_count(256 * 1024**2, "float32", big_cap) == 512 * 1024**2 // matrix
+        compute.streamed_weight_count(100 * 1024**2, "float32", big_cap) == 200 * 1024**2 // matrix
+    )
+    # at most 256 MiB however large the cache claims to be (a VM's /sys may show the host's L3)
+    assert (
+        compute.streamed_weight_count(480 * 1024**2, "float32", big_cap) == 256 * 1024**2 // matrix
     )
     assert compute.streamed_weight_count(32 * 1024**2, "bfloat16", big_cap) == 56
     # within half the memory cap
@@ -169,18 +173,56 @@ def test_memory_buffer_is_several_times_the_last_level_cache() -> None:
 def test_memory_measures_the_cost_of_writing_fresh_memory_on_the_cpu() -> None:
     """The clone of 64 MiB lands in a fresh mapping: its time beyond the copy's is first touch.
     Sane bounds on any CPU: the fresh write between 0.1 GB/s and 1 TB/s, the first-touch cost
-    at most 10 ns per byte (this CPU: 5.5 GB/s and 0.32 ns per byte at 2 threads)."""
+    at most 10 ns per byte (these CPUs: 5 GB/s and 0.22-0.36 ns per byte). Both the clone and
+    its baseline copy run on one torch thread, and the caller's thread count is restored."""
+    threads = torch.get_num_threads()
     result = memory.run(ProbeRequest(timing=QUICK))
+    assert torch.get_num_threads() == threads
     detail = result.detail
     assert detail["fresh_write_bytes"] == memory.FRESH_WRITE_BYTES
+    assert detail["fresh_write_threads"] == 1
     assert 1e8 < detail["fresh_write_bytes_per_second"] < 1e12
+    assert 1e8 < detail["fresh_write_copy_bytes_per_second"] < 1e12
     assert 0.0 <= detail["first_touch_seconds_per_byte"] < 1e-8
-    copy_seconds_per_byte = 2.0 / detail["bytes_per_second_by_method"]["torch_copy"]
+    copy_seconds_per_byte = 2.0 / detail["fresh_write_copy_bytes_per_second"]
     clone_seconds_per_byte = 2.0 / detail["fresh_write_bytes_per_second"]
     assert detail["first_touch_seconds_per_byte"] == pytest.approx(
         max(0.0, clone_seconds_per_byte - copy_seconds_per_byte), abs=1e-15
     )
     assert result.device_seconds > result.measurement.device_seconds  # the clone is counted
+
+
+class ScriptedTimer:
+    """Runs each call and reports the next scripted duration (and the thread count it saw)."""
+
+    name = "scripted"
+
+    def __init__(self, seconds: list[float]) -> None:
+        self.seconds = list(seconds)
+        self.threads: list[int] = []
+
+    def time(self, fn: object) -> float:
+        fn()  # type: ignore[operator]
+        self.threads.append(torch.get_num_threads())
+        return self.seconds.pop(0)
+
+
+def test_first_touch_takes_the_fastest_clone_against_the_fastest_copy() -> None:
+    """A VM that hands freed memory back to its host makes some clones several times slower
+    (runs of them): the figure is the fastest sample of each, timed on one thread."""
+    mib = 1024**2
+    source = torch.ones(mib // 4)
+    destination = torch.empty_like(source)
+    timing = TimingRequest(warmup=1, min_repeats=3, max_repeats=3, budget_seconds=0.0)
+    # copy: warm-up, then 3 samples; clone: warm-up, then 3 samples (one fast among slow ones)
+    timer = ScriptedTimer([1.0, 4e-4, 2e-4, 3e-4, 1.0, 3e-3, 1e-3, 3e-3])
+    threads = torch.get_num_threads()
+    figures, seconds = memory.first_touch(source, destination, timing, timer)
+    assert timer.threads == [1] * 8 and torch.get_num_threads() == threads
+    assert figures["fresh_write_copy_bytes_per_second"] == pytest.approx(2 * mib / 2e-4)
+    assert figures["fresh_write_bytes_per_second"] == pytest.approx(2 * mib / 1e-3)
+    assert figures["first_touch_seconds_per_byte"] == pytest.approx((1e-3 - 2e-4) / mib)
+    assert seconds == pytest.approx(2.0 + 9e-4 + 7e-3)
 
 
 def test_first_touch_is_the_clone_time_beyond_the_copy_and_never_negative() -> None:
