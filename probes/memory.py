@@ -9,10 +9,10 @@ are kept in ``detail["bytes_per_second_by_method"]``.
 
 Why this size: the buffer must be several times the last-level cache, or the probe measures the
 cache. It is ``BUFFER_LLC_MULTIPLE`` × the LLC (read from /sys or ``lscpu`` on the CPU, the L2
-size from the device properties on a GPU), at least ``MIN_BUFFER_BYTES``; on this machine's
-32 MiB L3 that is 128 MiB per buffer, ~17 ms per copy at ~15 GB/s. The source and the destination
-together stay under ``memory_cap_bytes``; if the cap forces a buffer under twice the LLC the
-result says so in ``detail["cache_resident_risk"]``.
+size from the device properties on a GPU), at least ``MIN_BUFFER_BYTES`` and at most
+``MAX_BUFFER_BYTES`` (see there); on a 32 MiB L3 that is 128 MiB per buffer, ~17 ms per copy at
+~15 GB/s. The source and the destination together stay under ``memory_cap_bytes``; if the caps
+force a buffer under twice the LLC the result says so in ``detail["cache_resident_risk"]``.
 
 Bandwidth counts both directions (2 × buffer bytes per copy), as STREAM's "copy" does.
 
@@ -46,6 +46,11 @@ from scaleprobe.probes.timing import Timer, TimingRequest, measure
 
 BUFFER_LLC_MULTIPLE = 4
 MIN_BUFFER_BYTES = 64 * 1024**2
+# At most this per buffer, whatever the cache: a VM's /sys may report the whole host's L3 (480 MiB
+# on a Firecracker guest here, where copies of 128 MiB and of 1 GiB ran at the same 23-26 GB/s),
+# and two 1 GiB buffers cost that guest 3.8 s of page faults per calibration. A larger LLC than a
+# quarter of this is flagged by ``cache_resident_risk``.
+MAX_BUFFER_BYTES = 256 * 1024**2
 # Output size of the fresh-write clone: twice glibc's largest mmap threshold, so it is mmapped
 # whatever the threshold has adapted to; ~20-35 ms per clone on this CPU.
 FRESH_WRITE_BYTES = 64 * 1024**2
@@ -55,8 +60,9 @@ FRESH_WRITE_SHARE = 0.25
 
 
 def buffer_bytes(llc_bytes: int, memory_cap_bytes: int) -> int:
-    """Bytes per buffer: 4 × LLC (at least 64 MiB), two buffers within the cap, 4 KiB-aligned."""
-    wanted = max(BUFFER_LLC_MULTIPLE * llc_bytes, MIN_BUFFER_BYTES)
+    """Bytes per buffer: 4 × LLC (at least 64 MiB, at most 256 MiB), two buffers within the cap,
+    4 KiB-aligned."""
+    wanted = min(max(BUFFER_LLC_MULTIPLE * llc_bytes, MIN_BUFFER_BYTES), MAX_BUFFER_BYTES)
     return max(4096, min(wanted, memory_cap_bytes // 2) // 4096 * 4096)
 
 
