@@ -40,6 +40,7 @@ import argparse
 import dataclasses
 import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -239,7 +240,9 @@ def architectures_of(data: Mapping[str, Any]) -> dict[str, Architecture]:
 
 
 def median_probe_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per probe, the record whose value is the median of the calibrations' values."""
+    """Per probe, the record whose value is the median of the calibrations' values; its
+    first-touch figure (memory, CPU) is the median of the calibrations' own, as the daemon takes
+    it over its recent cycles (``exporter.cycle.FIRST_TOUCH_SAMPLES``)."""
     by_probe: dict[str, list[Mapping[str, Any]]] = {}
     for record in records:
         if record.get("outcome") == "ok":
@@ -247,7 +250,17 @@ def median_probe_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str,
     chosen = []
     for entries in by_probe.values():
         ordered = sorted(entries, key=lambda r: r["value"])
-        chosen.append(dict(ordered[(len(ordered) - 1) // 2]))
+        record = dict(ordered[(len(ordered) - 1) // 2])
+        figures = [
+            e["detail"]["first_touch_seconds_per_byte"]
+            for e in entries
+            if isinstance(e.get("detail"), Mapping)
+            and e["detail"].get("first_touch_seconds_per_byte") is not None
+        ]
+        if figures:
+            first_touch = statistics.median(figures)
+            record["detail"] = {**record["detail"], "first_touch_seconds_per_byte": first_touch}
+        chosen.append(record)
     return chosen
 
 

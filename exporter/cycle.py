@@ -355,8 +355,34 @@ def _calibrate(
             if probe_results.dispatch_seconds is not None
             else params.dispatch_seconds
         ),
+        first_touch_seconds_per_byte=params.first_touch_seconds_per_byte,
     )
     return params, sample, ""
+
+
+# How many recent calibrations the CPU first-touch figure is the median of.
+FIRST_TOUCH_SAMPLES = 5
+
+
+def _steady_first_touch(params: DeviceParams, history: Sequence[CalibrationSample]) -> DeviceParams:
+    """``params`` with the first-touch cost the median of the last ``FIRST_TOUCH_SAMPLES``
+    calibrations' (this one included, the last in ``history``).
+
+    One calibration's figure is not enough: in a VM that hands freed memory back to its host
+    (free page reporting), a probe now and then faults only memory the host has to back again and
+    measures 5-12 times the usual cost (2 of 27 calibrations on a Firecracker guest), which would
+    make that cycle's predictions for large activations 2-3 times too slow.
+    """
+    if params.first_touch_seconds_per_byte is None:
+        return params
+    figures = [
+        h.first_touch_seconds_per_byte
+        for h in history[-FIRST_TOUCH_SAMPLES:]
+        if h.first_touch_seconds_per_byte is not None
+    ]
+    if not figures:
+        return params
+    return replace(params, first_touch_seconds_per_byte=statistics.median(figures))
 
 
 def _for_dtype(params: DeviceParams | None, dtype: str) -> DeviceParams | None:
@@ -521,10 +547,10 @@ def apply_result(
         result, device, dtype, identity["modelName"] or device, now
     )
     calibrated = fresh_params is not None
-    start = fresh_params if fresh_params is not None else prior
+    history = [*base.history, *([sample] if sample is not None else [])]
+    start = _steady_first_touch(fresh_params, history) if fresh_params is not None else prior
     if start is None:  # never calibrated: nothing to predict with yet
         return replace(base, up=False, last_cycle_reason=reason, **common)
-    history = [*base.history, *([sample] if sample is not None else [])]
 
     # 2. score this cycle's measurements against the prediction made before the refit (on a
     #    first cycle: the probes' calibration alone)

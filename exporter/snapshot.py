@@ -96,6 +96,8 @@ class CalibrationSample:
     compute_flops_per_second: dict[str, float]
     memory_bandwidth_bytes_per_second: float
     dispatch_seconds: float
+    # the memory probe's figure on the CPU (None on a GPU, and in state files written before it)
+    first_touch_seconds_per_byte: float | None = None
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,9 @@ def _sample_from_dict(data: dict[str, Any]) -> CalibrationSample:
         },
         memory_bandwidth_bytes_per_second=float(data["memory_bandwidth_bytes_per_second"]),
         dispatch_seconds=float(data["dispatch_seconds"]),
+        first_touch_seconds_per_byte=None
+        if data.get("first_touch_seconds_per_byte") is None
+        else float(data["first_touch_seconds_per_byte"]),
     )
 
 

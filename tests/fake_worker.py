@@ -46,7 +46,9 @@ def point_latency_seconds(point: dict, slowdown: float) -> float:
     return slowdown * (flops / COMPUTE_FLOPS_PER_SECOND + FIXED_LATENCY_SECONDS)
 
 
-def result_document(request: dict, slowdown: float, skip_calibration: bool) -> dict:
+def result_document(
+    request: dict, slowdown: float, skip_calibration: bool, first_touch: float | None = None
+) -> dict:
     now = time.time()
     dtype = request.get("dtype", "float32")
     probes = []
@@ -70,6 +72,8 @@ def result_document(request: dict, slowdown: float, skip_calibration: bool) -> d
                 if probe == "dispatch"
                 else {},
             }
+            if probe == "memory" and first_touch is not None:
+                record["detail"] = {"first_touch_seconds_per_byte": first_touch}
             if outcome != "ok":
                 record["reason"] = "fake: device busy"
             probes.append(record)
@@ -121,6 +125,7 @@ def main() -> int:
     )
     parser.add_argument("--record")
     parser.add_argument("--skip-calibration", action="store_true")
+    parser.add_argument("--first-touch", type=float, help="memory probe's first-touch s/B (CPU)")
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--pidfile", help="write this process's id here (to check it was ended)")
     args = parser.parse_args()
@@ -147,7 +152,7 @@ def main() -> int:
     if args.mode == "garbage":
         print("this is not JSON {")
         return 0
-    document = result_document(request, args.slowdown, args.skip_calibration)
+    document = result_document(request, args.slowdown, args.skip_calibration, args.first_touch)
     if args.mode == "wrong-schema":
         document["schema"] = "scaleprobe.worker/9"
     print(json.dumps(document))

@@ -23,7 +23,7 @@ from scaleprobe.exporter.cycle import (
     run_cycle,
     select_points,
 )
-from scaleprobe.exporter.snapshot import DeviceState
+from scaleprobe.exporter.snapshot import DeviceState, _device_from_dict, _device_to_dict
 from scaleprobe.models.architecture import load_architecture
 
 FAKE_WORKER = str(Path(__file__).with_name("fake_worker.py"))
@@ -162,6 +162,30 @@ def test_a_slower_device_shows_as_drift_despite_the_refit(config: Config) -> Non
     assert slow.baseline == steady.baseline  # the baseline stays pinned
     # the steady cycles before had small prior errors: the drift is the slowdown, not noise
     assert all(abs(m.drift_ratio or 0) < 0.15 for m in steady.models)
+
+
+def test_one_slow_first_touch_figure_is_outvoted_by_the_recent_calibrations(
+    config: Config,
+) -> None:
+    """A VM may hand a probe only memory its host took back (12x the usual fault cost here): the
+    cycle uses the median of the last calibrations' figures, and the history keeps each one."""
+    steady = cycles(config, 2, "--first-touch", "2.5e-10").state
+    assert steady.calibration is not None
+    assert steady.calibration["first_touch_seconds_per_byte"] == pytest.approx(2.5e-10, rel=0.3)
+    outlier = run_cycle(config, "cpu", steady, command=fake("--first-touch", "3e-9")).state
+    assert outlier.history[-1].first_touch_seconds_per_byte == pytest.approx(3e-9)
+    assert outlier.calibration is not None
+    # median of (2.5e-10, 2.5e-10, 3e-9), then the refit's multiplier (its prior keeps it near)
+    assert outlier.calibration["first_touch_seconds_per_byte"] < 5e-10
+    # a lasting change wins once it is the majority of the last five
+    later = cycles(config, 2, "--first-touch", "3e-9", previous=outlier).state
+    assert later.calibration is not None
+    assert later.calibration["first_touch_seconds_per_byte"] > 1.5e-9
+    # and the history survives the state file
+    loaded = _device_from_dict(json.loads(json.dumps(_device_to_dict(later))))
+    assert [h.first_touch_seconds_per_byte for h in loaded.history][-3:] == pytest.approx(
+        [3e-9, 3e-9, 3e-9]
+    )
 
 
 def test_baseline_reset_pins_the_new_calibration(config: Config) -> None:
