@@ -70,19 +70,24 @@ def test_flops_agree_with_flop_counter(name: str, batch: int, seq: int) -> None:
     assert cost.matmul_flops < cost.flops < 1.05 * cost.matmul_flops
 
 
+def narrow_bigbird_config(layers: int, vocab_size: int) -> Any:
+    """BigBird with the preset's block pattern (block 64, 3 random blocks) but 64 wide: cheap."""
+    return AutoConfig.for_model(
+        "big_bird",
+        hidden_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=layers,
+        intermediate_size=96,
+        vocab_size=vocab_size,
+    )
+
+
 @pytest.mark.parametrize(("batch", "seq"), [(2, 1024), (1, 1000), (3, 1472)])
 def test_block_sparse_flops_on_a_narrow_bigbird(batch: int, seq: int) -> None:
     """The preset's block pattern (block 64, 3 random blocks) on a narrow model, cheaply: 1024
     takes transformers' "old plan" path for the random blocks, 1000 pads to 1024, 1472 is 23
     blocks."""
-    config = AutoConfig.for_model(
-        "big_bird",
-        hidden_size=64,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        intermediate_size=96,
-        vocab_size=1000,
-    )
+    config = narrow_bigbird_config(layers=2, vocab_size=1000)
     model = AutoModel.from_config(config).eval()
     arch = architecture_from_config(config.to_dict())
     assert arch.uses_block_sparse(seq)
@@ -304,14 +309,7 @@ def test_block_sparse_counts_its_largest_fresh_outputs_and_every_softmax() -> No
     """BigBird block-sparse (narrow model, the preset's 64-token blocks, 3 random blocks, 1024
     tokens): its three largest fresh outputs (the dense B·H·s² probabilities, the band scores'
     cat and softmax) are the trace's three largest, and its exp elements every softmax's."""
-    config = AutoConfig.for_model(
-        "big_bird",
-        hidden_size=64,
-        num_attention_heads=4,
-        num_hidden_layers=1,
-        intermediate_size=96,
-        vocab_size=500,
-    )
+    config = narrow_bigbird_config(layers=1, vocab_size=500)
     model = AutoModel.from_config(config).eval()
     arch = architecture_from_config(config.to_dict())
     ids = torch.randint(5, 400, (1, 1024))
