@@ -301,7 +301,14 @@ class Scorer:
 
     def refit(self, params: DeviceParams, keys: Sequence[PointKey]) -> fit.FitReport:
         points = [
-            fit.MeasuredPoint(k.model, k.batch_size, k.seq_len, k.dtype, self.measured(k))
+            fit.MeasuredPoint(
+                k.model,
+                k.batch_size,
+                k.seq_len,
+                k.dtype,
+                self.measured(k),
+                self.points[k].get("framework_overhead_ratio"),
+            )
             for k in keys
             if k in self.points
         ]

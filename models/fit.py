@@ -8,9 +8,10 @@ Three steps, each usable alone:
 2. ``refit(params, points, architectures)``: adjusts five multipliers (GEMM rate, GEMM half size,
    elementwise bandwidth, host cost per op, and on a CPU with the probe figure the first-touch
    cost per byte) to measured forward passes, minimising a Huber loss of
-   the log latency ratios plus a Gaussian prior pulling each multiplier toward 1, i.e. toward the
-   probe calibration. Few free parameters, a robust loss and the prior are why one or two bad
-   points cannot send it wild; with many good points the data win.
+   the log latency ratios (and, for points with a measured framework-overhead share, of the log
+   ratios of the host time it implies) plus a Gaussian prior pulling each multiplier toward 1,
+   i.e. toward the probe calibration. Few free parameters, a robust loss and the prior are why
+   one or two bad points cannot send it wild; with many good points the data win.
 3. ``transfer(params, source, target)``: carries a calibration to another device by datasheet
    ratios (capacity planning for a device you do not have).
 """
@@ -312,6 +313,12 @@ PRIOR_SIGMA = {
 }
 # Residual scale of the Huber loss (log latency ratio): about the machine noise of one point.
 NOISE_SCALE = 0.02
+# The same for the host time a point's measured framework-overhead share implies (log ratio of
+# share × latency, measured over predicted): a coarser figure (the CPU's is read from a profiled
+# forward, whose recording adds about a microsecond per op), so a wider scale. Points whose
+# measured or predicted share is under MIN_OVERHEAD_RATIO say nothing about the host.
+OVERHEAD_NOISE_SCALE = 0.3
+MIN_OVERHEAD_RATIO = 0.02
 HUBER_K = 1.5
 OUTLIER_RATIO = 0.25
 
@@ -367,6 +374,45 @@ def _log_residuals(
     )
 
 
+def _overhead_log_residuals(
+    params: DeviceParams, points: Sequence[MeasuredPoint], costs: Sequence[ForwardCost]
+) -> np.ndarray:
+    """log(measured host time / predicted) for points with a measured overhead share of at least
+    MIN_OVERHEAD_RATIO.
+
+    The host time is the share × latency, measured and predicted: latencies alone can hardly
+    tell host cost from a slower small-GEMM curve at small sizes, the share can (on a CPU the
+    profiler measured ~8.5 ms of host time in bert-base 1 × 16 where the probe's per-op cost
+    predicted 1.9 ms).
+    """
+    residuals = []
+    for point, cost in zip(points, costs, strict=True):
+        share = point.framework_overhead_ratio
+        if share is None or not MIN_OVERHEAD_RATIO <= share < 1.0:
+            continue
+        timing = time_forward(cost, params)
+        # floored, so which points count never changes during the fit
+        predicted_share = max(
+            1.0 - timing.device_seconds / timing.latency_seconds, MIN_OVERHEAD_RATIO
+        )
+        residuals.append(
+            math.log((share * point.latency_seconds) / (predicted_share * timing.latency_seconds))
+        )
+    return np.array(residuals)
+
+
+def _scaled_residuals(
+    params: DeviceParams, points: Sequence[MeasuredPoint], costs: Sequence[ForwardCost]
+) -> np.ndarray:
+    """Latency residuals over NOISE_SCALE, then host-time residuals over OVERHEAD_NOISE_SCALE."""
+    return np.concatenate(
+        [
+            _log_residuals(params, points, costs) / NOISE_SCALE,
+            _overhead_log_residuals(params, points, costs) / OVERHEAD_NOISE_SCALE,
+        ]
+    )
+
+
 def refit(
     params: DeviceParams,
     points: Sequence[MeasuredPoint],
@@ -392,7 +438,7 @@ def refit(
     initial = _log_residuals(params, points, costs) if points else np.zeros(0)
 
     def objective(t: np.ndarray) -> tuple[float, np.ndarray]:
-        r = _log_residuals(apply_multipliers(params, t), points, costs) / NOISE_SCALE
+        r = _scaled_residuals(apply_multipliers(params, t), points, costs)
         a = np.abs(r)
         huber = np.where(a <= HUBER_K, 0.5 * r * r, HUBER_K * a - 0.5 * HUBER_K**2)
         return float(huber.sum() + 0.5 * np.sum((t / sigma) ** 2)), r
@@ -411,8 +457,7 @@ def refit(
                 shifted = theta.copy()
                 shifted[j] += step_size
                 jacobian[:, j] = (
-                    _log_residuals(apply_multipliers(params, shifted), points, costs) / NOISE_SCALE
-                    - r
+                    _scaled_residuals(apply_multipliers(params, shifted), points, costs) - r
                 ) / step_size
             prior = np.diag(mask / sigma**2)
             hessian = jacobian.T @ (weights[:, None] * jacobian) + prior

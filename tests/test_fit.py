@@ -177,6 +177,32 @@ def test_refit_recovers_known_cpu_parameters(
     assert report.params.source == "refit"
 
 
+def test_measured_overhead_shares_make_the_cpu_host_cost_identifiable() -> None:
+    """Latencies alone hardly tell a CPU's host cost from its small-GEMM curve (the synthetic
+    test above keeps the host cost fixed for that reason); the measured overhead share of each
+    point, host time over latency, does. Truth here: host cost 3x the probe's (what the profiler
+    measured in real forwards), a 1.5x half size."""
+    prior = cpu()
+    truth = apply_multipliers(prior, [0.0, math.log(1.5), 0.0, math.log(3.0)])
+    with_shares = []
+    for point in synthetic(truth, GRID):
+        timing = time_forward(
+            forward_cost(PRESETS[point.model], point.batch_size, point.seq_len, "float32"), truth
+        )
+        share = 1.0 - timing.device_seconds / timing.latency_seconds
+        with_shares.append(replace(point, framework_overhead_ratio=share))
+    informed = refit(prior, with_shares, PRESETS)
+    blind = refit(prior, synthetic(truth, GRID), PRESETS)
+    assert informed.multipliers["dispatch"] == pytest.approx(3.0, rel=0.15)
+    assert informed.multipliers["gemm_half_size"] == pytest.approx(1.5, rel=0.15)
+    assert abs(math.log(blind.multipliers["dispatch"] / 3.0)) > abs(
+        math.log(informed.multipliers["dispatch"] / 3.0)
+    )
+    # a share too small to read (under MIN_OVERHEAD_RATIO) is left out, not fitted to
+    tiny = [replace(p, framework_overhead_ratio=0.001) for p in synthetic(prior, GRID)]
+    assert refit(prior, tiny, PRESETS).multipliers["dispatch"] == pytest.approx(1.0, abs=0.02)
+
+
 GPU_GRID = [
     ("bert-base", 1, 16),
     ("bert-base", 1, 128),
