@@ -170,6 +170,22 @@ def test_stored_calibrations_without_the_cpu_figures_predict_as_before() -> None
     assert params.tanh_elements_per_second is None and params.exp_elements_per_second is None
 
 
+def test_median_records_take_the_median_first_touch_of_the_calibrations() -> None:
+    """Per probe the record with the median value, but its first-touch figure is the median of
+    the calibrations' own: the median-bandwidth calibration may be the one whose clone landed on
+    reclaimed memory (as in accuracy-5-1thread.json)."""
+    accuracy = load("accuracy")
+    records = [
+        {"probe": "memory", "outcome": "ok", "value": value,
+         "detail": {"first_touch_seconds_per_byte": figure, "buffer_bytes": 1}}
+        for value, figure in ((2.0e10, 2.5e-10), (2.5e10, 3.0e-9), (3.0e10, 2.7e-10))
+    ] + [{"probe": "memory", "outcome": "failed", "value": None, "detail": {}}]  # fmt: skip
+    (chosen,) = accuracy.median_probe_records(records)
+    assert chosen["value"] == 2.5e10
+    assert chosen["detail"] == {"first_touch_seconds_per_byte": 2.7e-10, "buffer_bytes": 1}
+    assert records[1]["detail"]["first_touch_seconds_per_byte"] == 3.0e-9  # input untouched
+
+
 def test_large_activations_report_compares_without_and_with_the_cpu_terms() -> None:
     """Synthetic measurements equal to the model with the terms: "after" errs by 0, "before"
     (the same calibration without the figures) predicts BigBird 16 × 512 too fast."""
