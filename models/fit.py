@@ -63,6 +63,9 @@ class ProbeResults:
     # dtype -> (m, n, k, flops_per_second) of the compute probe's streamed product (CPU): a
     # batch-1 linear layer over weights read from memory, detail["streamed_product"]
     streamed_products: Mapping[str, tuple[int, int, int, float]] | None = None
+    # (seconds, host ops, module calls) of the dispatch probe's tiny real encoder (CPU),
+    # detail["tiny_encoder"]: the host cost of a forward's own op mix
+    tiny_encoder: tuple[float, int, int] | None = None
 
     @classmethod
     def from_records(cls, records: Sequence[Mapping[str, Any]]) -> ProbeResults:
@@ -70,6 +73,7 @@ class ProbeResults:
         compute: dict[str, float] = {}
         by_size: dict[str, list[tuple[int, int, int, float]]] = {}
         bandwidth = dispatch = floor = first_touch = None
+        encoder: tuple[float, int, int] | None = None
         transcendental: dict[str, float] = {}
         streamed: dict[str, tuple[int, int, int, float]] = {}
         for record in records:
@@ -119,6 +123,18 @@ class ProbeResults:
                 raw_floor = detail.get("kernel_floor_seconds")
                 if isinstance(raw_floor, (int, float)) and raw_floor >= 0:
                     floor = float(raw_floor)
+                tiny: Any = detail.get("tiny_encoder")
+                try:
+                    reading = (
+                        float(tiny["seconds"]),
+                        int(tiny["host_ops"]),
+                        int(tiny["module_calls"]),
+                    )
+                except (KeyError, TypeError, ValueError):
+                    pass
+                else:
+                    if _positive_number(reading[0]) and reading[1] + reading[2] > 0:
+                        encoder = reading
         return cls(
             compute_flops_per_second=compute,
             memory_bandwidth_bytes_per_second=bandwidth,
@@ -129,6 +145,7 @@ class ProbeResults:
             tanh_elements_per_second=transcendental.get("tanh"),
             exp_elements_per_second=transcendental.get("exp"),
             streamed_products=streamed,
+            tiny_encoder=encoder,
         )
 
 
@@ -214,6 +231,10 @@ def calibrate(
     dispatch = (
         probes.dispatch_seconds if probes.dispatch_seconds is not None else (10e-6 if gpu else 5e-6)
     )
+    if not gpu and probes.tiny_encoder is not None:
+        # the host cost per op of a real forward's mix, module calls at DEFAULT_MODULE_FACTOR ops
+        seconds, host_ops, module_calls = probes.tiny_encoder
+        dispatch = seconds / (host_ops + DEFAULT_MODULE_FACTOR * module_calls)
     floor = (
         probes.kernel_floor_seconds
         if probes.kernel_floor_seconds is not None

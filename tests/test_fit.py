@@ -13,6 +13,7 @@ from scaleprobe.models.costs import forward_cost
 from scaleprobe.models.devices import find_device, params_from_spec
 from scaleprobe.models.errors import InputError
 from scaleprobe.models.fit import (
+    DEFAULT_MODULE_FACTOR,
     MeasuredPoint,
     ProbeResults,
     apply_multipliers,
@@ -67,6 +68,26 @@ def test_probe_records_are_read_and_failures_skipped() -> None:
     assert probes.dispatch_seconds == 9e-7
     assert probes.kernel_floor_seconds is None
     assert len(probes.rates_by_size["float32"]) == 4
+
+
+def test_on_a_cpu_the_host_cost_comes_from_the_tiny_encoder_when_measured() -> None:
+    """Its time over (host ops + DEFAULT_MODULE_FACTOR × module calls); the in-place add is the
+    fallback; a GPU keeps the enqueue figure; a malformed reading is skipped."""
+    records = [dict(r) for r in RECORDS]
+    index = next(i for i, r in enumerate(records) if r["probe"] == "dispatch")
+    encoder = {"seconds": 9.0e-4, "host_ops": 92, "module_calls": 45, "tokens": 16}
+    records[index] = {**records[index], "detail": {"tiny_encoder": encoder}}
+    probes = ProbeResults.from_records(records)
+    assert probes.tiny_encoder == (9.0e-4, 92, 45)
+    params = calibrate(probes, kind="cpu")
+    expected = 9.0e-4 / (92 + DEFAULT_MODULE_FACTOR * 45)
+    assert params.dispatch_seconds == pytest.approx(expected)
+    assert params.module_seconds == pytest.approx(expected * DEFAULT_MODULE_FACTOR)
+    assert calibrate(probes, kind="gpu").dispatch_seconds == 9e-7
+    broken = {**encoder, "seconds": "slow"}
+    records[index] = {**records[index], "detail": {"tiny_encoder": broken}}
+    assert ProbeResults.from_records(records).tiny_encoder is None
+    assert cpu().dispatch_seconds == 9e-7  # the add's figure without the encoder
 
 
 def test_calibration_from_probes() -> None:

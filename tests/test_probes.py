@@ -285,6 +285,27 @@ def test_dispatch_on_the_cpu_is_time_per_tiny_op() -> None:
     assert 0 < result.value < 1e-3
 
 
+def test_dispatch_on_the_cpu_also_times_a_tiny_real_encoder() -> None:
+    """A 2-layer, 32-wide BERT at 1 × 16 tokens, with the performance model's count of its host
+    ops and module calls (what the calibration divides its time by); its time is counted."""
+    from scaleprobe.models.architecture import architecture_from_config
+    from scaleprobe.models.costs import forward_cost
+
+    result = dispatch.run(ProbeRequest(timing=QUICK))
+    encoder = result.detail["tiny_encoder"]
+    cost = forward_cost(
+        architecture_from_config(dict(dispatch.TINY_ENCODER)),
+        1,
+        dispatch.TINY_ENCODER_TOKENS,
+        "float32",
+    )
+    assert (encoder["host_ops"], encoder["module_calls"]) == (cost.host_ops, cost.module_calls)
+    assert encoder["tokens"] == dispatch.TINY_ENCODER_TOKENS
+    # a forward of ~100 ops and ~50 module calls: more than 100 adds, well under a second
+    assert 100 * result.value < encoder["seconds"] < 1.0
+    assert result.device_seconds >= result.measurement.device_seconds + encoder["seconds"]
+
+
 def test_dispatch_on_cuda_splits_host_cost_from_the_kernel_floor() -> None:
     cuda = FakeCuda(replay_seconds=200 * 2e-6)  # the device needs 2 µs per kernel
     calls: list[bool] = []
