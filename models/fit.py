@@ -99,15 +99,13 @@ class ProbeResults:
                     if entry[3] > 0:
                         by_size.setdefault(dtype, []).append(entry)
                         compute[dtype] = max(compute[dtype], entry[3])
-                product: Any = detail.get("streamed_product")
-                try:
-                    shape = (int(product["m"]), int(product["n"]), int(product["k"]))
-                    product_rate = float(product["flops_per_second"])
-                except (KeyError, TypeError, ValueError):
-                    pass
-                else:
-                    if _positive_number(product_rate):
-                        streamed[dtype] = (*shape, product_rate)
+                product = _reading(
+                    detail.get("streamed_product"),
+                    (("m", int), ("n", int), ("k", int), ("flops_per_second", float)),
+                )
+                if product is not None and _positive_number(product[3]):
+                    m, n, k, product_rate = product
+                    streamed[dtype] = (int(m), int(n), int(k), float(product_rate))
                 rates = detail.get("transcendental_elements_per_second") or {}
                 for function in ("tanh", "exp"):
                     rate = rates.get(function) if isinstance(rates, Mapping) else None
@@ -123,18 +121,12 @@ class ProbeResults:
                 raw_floor = detail.get("kernel_floor_seconds")
                 if isinstance(raw_floor, (int, float)) and raw_floor >= 0:
                     floor = float(raw_floor)
-                tiny: Any = detail.get("tiny_encoder")
-                try:
-                    reading = (
-                        float(tiny["seconds"]),
-                        int(tiny["host_ops"]),
-                        int(tiny["module_calls"]),
-                    )
-                except (KeyError, TypeError, ValueError):
-                    pass
-                else:
-                    if _positive_number(reading[0]) and reading[1] + reading[2] > 0:
-                        encoder = reading
+                tiny = _reading(
+                    detail.get("tiny_encoder"),
+                    (("seconds", float), ("host_ops", int), ("module_calls", int)),
+                )
+                if tiny is not None and _positive_number(tiny[0]) and tiny[1] + tiny[2] > 0:
+                    encoder = (float(tiny[0]), int(tiny[1]), int(tiny[2]))
         return cls(
             compute_flops_per_second=compute,
             memory_bandwidth_bytes_per_second=bandwidth,
@@ -147,6 +139,16 @@ class ProbeResults:
             streamed_products=streamed,
             tiny_encoder=encoder,
         )
+
+
+def _reading(value: Any, fields: Sequence[tuple[str, type]]) -> tuple[Any, ...] | None:
+    """The named fields of a probe detail's sub-document, each cast by its type; None when the
+    document is absent or a field is missing or unreadable (a record of an older or broken
+    worker)."""
+    try:
+        return tuple(cast(value[name]) for name, cast in fields)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _positive_number(value: Any) -> bool:
@@ -336,8 +338,9 @@ PRIOR_SIGMA = {
 NOISE_SCALE = 0.02
 # The same for the host time a point's measured framework-overhead share implies (log ratio of
 # share × latency, measured over predicted): a coarser figure (the CPU's is read from a profiled
-# forward, whose recording adds about a microsecond per op), so a wider scale. Points whose
-# measured or predicted share is under MIN_OVERHEAD_RATIO say nothing about the host.
+# forward, whose recording adds about a microsecond per op), so a wider scale. A measured share
+# under MIN_OVERHEAD_RATIO says nothing about the host (the point is left out of this term), and
+# the predicted share is floored at it.
 OVERHEAD_NOISE_SCALE = 0.3
 MIN_OVERHEAD_RATIO = 0.02
 HUBER_K = 1.5
@@ -395,43 +398,33 @@ def _log_residuals(
     )
 
 
-def _overhead_log_residuals(
+def _scaled_residuals(
     params: DeviceParams, points: Sequence[MeasuredPoint], costs: Sequence[ForwardCost]
 ) -> np.ndarray:
-    """log(measured host time / predicted) for points with a measured overhead share of at least
-    MIN_OVERHEAD_RATIO.
+    """The refit's residual vector: each point's log latency ratio over NOISE_SCALE, then, for
+    points with a measured overhead share of at least MIN_OVERHEAD_RATIO, the log ratio of the
+    host time it implies (share × latency, measured over predicted) over OVERHEAD_NOISE_SCALE.
 
-    The host time is the share × latency, measured and predicted: latencies alone can hardly
-    tell host cost from a slower small-GEMM curve at small sizes, the share can (on a CPU the
-    profiler measured ~8.5 ms of host time in bert-base 1 × 16 where the probe's per-op cost
-    predicted 1.9 ms).
+    Latencies alone can hardly tell host cost from a slower small-GEMM curve at small sizes, the
+    share can (on a CPU the profiler measured ~8.5 ms of host time in bert-base 1 × 16 where the
+    probe's per-op cost predicted 1.9 ms). One forward timing per point serves both.
     """
-    residuals = []
+    latency: list[float] = []
+    host: list[float] = []
     for point, cost in zip(points, costs, strict=True):
+        timing = time_forward(cost, params)
+        latency.append(math.log(point.latency_seconds / timing.latency_seconds))
         share = point.framework_overhead_ratio
         if share is None or not MIN_OVERHEAD_RATIO <= share < 1.0:
             continue
-        timing = time_forward(cost, params)
         # floored, so which points count never changes during the fit
         predicted_share = max(
             1.0 - timing.device_seconds / timing.latency_seconds, MIN_OVERHEAD_RATIO
         )
-        residuals.append(
+        host.append(
             math.log((share * point.latency_seconds) / (predicted_share * timing.latency_seconds))
         )
-    return np.array(residuals)
-
-
-def _scaled_residuals(
-    params: DeviceParams, points: Sequence[MeasuredPoint], costs: Sequence[ForwardCost]
-) -> np.ndarray:
-    """Latency residuals over NOISE_SCALE, then host-time residuals over OVERHEAD_NOISE_SCALE."""
-    return np.concatenate(
-        [
-            _log_residuals(params, points, costs) / NOISE_SCALE,
-            _overhead_log_residuals(params, points, costs) / OVERHEAD_NOISE_SCALE,
-        ]
-    )
+    return np.concatenate([np.array(latency) / NOISE_SCALE, np.array(host) / OVERHEAD_NOISE_SCALE])
 
 
 def refit(

@@ -128,22 +128,13 @@ def run(request: ProbeRequest, *, timer: Timer | None = None, cuda: Any = None) 
         )
     timer = timer if timer is not None else default_timer(request.device)
     threads = torch.get_num_threads()
-    adds_timing = replace(
-        request.timing,
-        budget_seconds=request.timing.budget_seconds * (1 - TINY_ENCODER_SHARE),
-        max_seconds=None
-        if request.timing.max_seconds is None
-        else request.timing.max_seconds * (1 - TINY_ENCODER_SHARE),
+    measurement = measure(
+        ops, request.timing.scaled(1 - TINY_ENCODER_SHARE), timer, threads=threads
     )
-    measurement = measure(ops, adds_timing, timer, threads=threads)
     forward, host_ops, module_calls = tiny_encoder_forward()
     encoder_timing = replace(
-        request.timing,
+        request.timing.scaled(TINY_ENCODER_SHARE),
         max_repeats=max(request.timing.min_repeats, TINY_ENCODER_MAX_REPEATS),
-        budget_seconds=request.timing.budget_seconds * TINY_ENCODER_SHARE,
-        max_seconds=None
-        if request.timing.max_seconds is None
-        else request.timing.max_seconds * TINY_ENCODER_SHARE,
     )
     encoder = measure(forward, encoder_timing, timer, threads=threads)
     return ProbeResult(

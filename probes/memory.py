@@ -35,7 +35,6 @@ memory, so nothing is measured there (the keys are absent).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -88,7 +87,7 @@ def run(request: ProbeRequest, *, timer: Timer | None = None, cuda: Any = None) 
         methods["memcpy"] = lambda: np.copyto(destination_array, source_array)
     fresh = not request.is_cuda and size >= FRESH_WRITE_BYTES
     copy_share = (1.0 - FRESH_WRITE_SHARE) / len(methods) if fresh else 1.0 / len(methods)
-    share = _scaled(request.timing, copy_share)
+    share = request.timing.scaled(copy_share)
     measured = {name: measure(fn, share, timer, threads=threads) for name, fn in methods.items()}
     rates = {name: 2.0 * size / m.median_seconds for name, m in measured.items()}
     best = max(rates, key=lambda name: rates[name])
@@ -98,7 +97,7 @@ def run(request: ProbeRequest, *, timer: Timer | None = None, cuda: Any = None) 
         extra, seconds = first_touch(
             source[: FRESH_WRITE_BYTES // 4],
             destination[: FRESH_WRITE_BYTES // 4],
-            _scaled(request.timing, FRESH_WRITE_SHARE / 2),
+            request.timing.scaled(FRESH_WRITE_SHARE / 2),
             timer,
         )
         other_device_seconds += seconds
@@ -157,12 +156,3 @@ def fresh_write_figures(
         "fresh_write_bytes_per_second": 2.0 * clone_bytes / clone_seconds,
         "first_touch_seconds_per_byte": max(0.0, (clone_seconds - copy_seconds) / clone_bytes),
     }
-
-
-def _scaled(timing: TimingRequest, share: float) -> TimingRequest:
-    """``timing`` with its budget and hard stop cut to ``share``."""
-    return replace(
-        timing,
-        budget_seconds=timing.budget_seconds * share,
-        max_seconds=None if timing.max_seconds is None else timing.max_seconds * share,
-    )

@@ -22,7 +22,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 # A sample spread (interquartile range / median) above this marks a measurement as noisy.
@@ -58,6 +58,14 @@ class TimingRequest:
             raise ValueError(f"bad timing request {self}: budget_seconds must be >= 0")
         if self.max_seconds is not None and self.max_seconds < self.budget_seconds:
             raise ValueError(f"bad timing request {self}: max_seconds must be >= budget_seconds")
+
+    def scaled(self, share: float) -> TimingRequest:
+        """This request with its budget and hard stop cut to ``share`` (a part of one probe)."""
+        return replace(
+            self,
+            budget_seconds=self.budget_seconds * share,
+            max_seconds=None if self.max_seconds is None else self.max_seconds * share,
+        )
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from dataclasses import replace
 
 import pytest
 from scaleprobe.probes.timing import (
@@ -203,3 +204,13 @@ def test_measure_through_the_cuda_timer() -> None:
 def test_bad_timing_requests_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         TimingRequest(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_scaled_request_cuts_the_budget_and_the_hard_stop_alike() -> None:
+    request = TimingRequest(warmup=2, min_repeats=3, max_repeats=40, budget_seconds=0.8)
+    part = request.scaled(0.25)
+    assert part.budget_seconds == pytest.approx(0.2) and part.max_seconds is None
+    assert (part.warmup, part.min_repeats, part.max_repeats) == (2, 3, 40)
+    stopped = replace(request, max_seconds=1.6).scaled(0.5)
+    assert stopped.budget_seconds == pytest.approx(0.4)
+    assert stopped.max_seconds == pytest.approx(0.8)
