@@ -205,6 +205,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         budget_seconds=args.budget_seconds,
         log=stderr_log,
         before_round=calibrate_round,
+        warmup=args.warmup,
     )
     return {
         "schema": SCHEMA,
@@ -217,6 +218,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "seq_lens": list(args.seq_lens),
             "rounds": args.rounds,
             "budget_seconds": args.budget_seconds,
+            "warmup": args.warmup,
             "threads": threads,
             "cross": bool(args.cross),
             "tiny": bool(args.tiny),
@@ -664,6 +666,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="interleaved rounds per point (default 3)")
     parser.add_argument("--calibrations", type=int, help="calibrations per setting (default 3)")
     parser.add_argument("--budget-seconds", type=float, help="timing budget per probe call")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed forwards of the same shape before each timed one (default 1, as the "
+        "daemon's worker; 0 times a forward right after other shapes, as sweeps before "
+        "accuracy-7 did)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--detail", action="store_true", help="also print every point's error")
     parser.add_argument(
@@ -706,6 +716,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"unknown model(s) {', '.join(unknown)}; presets: {', '.join(PRESETS)}")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.warmup < 0:
+        parser.error("--warmup must be 0 or more")
     if args.assume_cpu_figures is not None and (
         len(args.assume_cpu_figures) != 3 or min(args.assume_cpu_figures) <= 0
     ):

@@ -7,10 +7,18 @@ same timing budgets) and every point is ``scaleprobe.probes.model.run``, the fun
 calls per point (same model build, same random input ids, median of the timed forwards).
 
 What differs from a daemon cycle is only how often a point is timed: the worker times a point
-with one warm-up and at least three repeats within 2 s; a sweep warms every point up once, then
-times it once per round (no warm-up, at least one repeat within ``budget_seconds``) in a random
-order that changes every round, and takes the median over rounds. Interleaving spreads the slow
-drift of a shared machine over the whole grid instead of biasing the region measured last.
+with one warm-up and at least three repeats within 2 s; a sweep runs every point once first, then
+times it once per round (one warm-up forward of the same shape, as the worker does, then at least
+one repeat within ``budget_seconds``) in a random order that changes every round, and takes the
+median over rounds. Interleaving spreads the slow drift of a shared machine over the whole grid
+instead of biasing the region measured last.
+
+The warm-up matters more than one would think: the probe resets BigBird's attention type before
+each point, and the first forward after that rebuilds its attention modules (78 ms at 1 × 128);
+and on a CPU a forward right after other shapes finds glibc's heap sized for them (BigBird
+16 × 512 at 2 threads: 13.2–13.5 s right after other shapes, 10.2–11.5 s repeated; see
+BENCHMARKS.md). Sweeps before ``accuracy-7`` timed without it (``warmup`` 0 in their settings).
+Each timed round also records the minor page faults per forward (``getrusage``).
 
 In the first ``profiled_rounds`` rounds each point whose warm-up forward took under
 ``profile_below_seconds`` is ``model.run`` itself, which after timing also profiles one to three
@@ -155,6 +163,7 @@ def sweep(
     profiled_rounds: int = 1,
     profile_below_seconds: float = 0.25,
     timer: Any = None,
+    warmup: int = 1,
 ) -> list[dict[str, Any]]:
     """Measure every point ``rounds`` times, interleaved, with the daemon's model probe.
 
@@ -169,7 +178,9 @@ def sweep(
 
     log = log or (lambda message: None)
     cache = model_probe.ModelCache()
-    timing = TimingRequest(warmup=0, min_repeats=1, max_repeats=30, budget_seconds=budget_seconds)
+    timing = TimingRequest(
+        warmup=warmup, min_repeats=1, max_repeats=30, budget_seconds=budget_seconds
+    )
     default_threads = torch.get_num_threads()
 
     def request(key: PointKey) -> Any:
@@ -220,6 +231,7 @@ def sweep(
                         "framework_overhead_ratio": record["framework_overhead_ratio"],
                         "peak_memory_bytes": record["peak_memory_bytes"],
                         "device_seconds": record["device_seconds"],
+                        "page_fault_bytes_per_forward": record.get("page_fault_bytes_per_forward"),
                         "timestamp_seconds": time.time(),
                     }
                 )
@@ -234,6 +246,11 @@ def sweep(
         seen = rounds_seen[key]
         latencies = [r["latency_seconds"] for r in seen]
         overheads = [r["framework_overhead_ratio"] for r in seen if r["framework_overhead_ratio"]]
+        faults = [
+            r["page_fault_bytes_per_forward"]
+            for r in seen
+            if r.get("page_fault_bytes_per_forward") is not None
+        ]
         records.append(
             {
                 "model": key.model,
@@ -245,6 +262,7 @@ def sweep(
                 "framework_overhead_ratio": statistics.median(overheads) if overheads else None,
                 "peak_memory_bytes": max((r["peak_memory_bytes"] or 0) for r in seen) or None,
                 "device_seconds": sum(r["device_seconds"] for r in seen),
+                "page_fault_bytes_per_forward": statistics.median(faults) if faults else None,
                 "rounds": seen,
             }
         )
@@ -269,14 +287,28 @@ def _time_only(point: Any, cache: Any, timer: Any = None) -> dict[str, Any]:
             return model(**inputs)
 
     timer = timer if timer is not None else default_timer(point.device)
+    faults_before = minor_page_faults()
     measurement = measure(forward, point.timing, timer, threads=torch.get_num_threads())
+    forwards = point.timing.warmup + len(measurement.samples_seconds)
+    faulted = (minor_page_faults() - faults_before) * PAGE_BYTES
     return {
         "latency_seconds": measurement.median_seconds,
         "samples_seconds": list(measurement.samples_seconds),
         "framework_overhead_ratio": None,
         "peak_memory_bytes": None,
         "device_seconds": measurement.device_seconds,
+        "page_fault_bytes_per_forward": faulted / forwards if forwards else None,
     }
+
+
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def minor_page_faults() -> int:
+    """This process's minor page faults so far (each a fresh page touched for the first time)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 class ProcessCpuTimer:

@@ -10,10 +10,16 @@ calibration without the new figures ("before": the model as it was) and with the
     python bench/large_activations.py --threads 1 --cpu-time --rounds 1 --out FILE.json
     python bench/large_activations.py --load bench/results/large_activations.json
     python bench/large_activations.py --faults      # page faults per forward against the model
+    python bench/large_activations.py --faults --tuned-malloc --repeats 3   # and with glibc tuned
 
 ``--cpu-time`` times the forwards by process CPU time (page faults' system time included): with
 one torch thread that is the forward's own time, which other processes on a shared machine
 barely disturb, where wall time under load says little.
+
+``--tuned-malloc`` runs the ``--faults`` check twice, each in a fresh process: with glibc's
+defaults, and with ``TUNED_MALLOC_ENV`` (nothing above 4 GiB is mmap'd, nothing is trimmed), which
+keeps freed outputs in the heap for the next forward. The difference is what the page faults of a
+forward's large outputs cost, and what a server on glibc could win by setting those variables.
 """
 
 from __future__ import annotations
@@ -59,10 +65,19 @@ POINTS = (
 FAULT_POINTS = (
     ("bigbird-roberta-base", 16, 128),
     ("bigbird-roberta-base", 8, 256),
+    ("bigbird-roberta-base", 4, 512),
+    ("bigbird-roberta-base", 16, 256),
     ("bigbird-roberta-base", 16, 512),
     ("bert-base", 16, 128),
     ("bert-base", 16, 512),
 )
+# glibc's malloc: serve every allocation below 4 GiB from the heap and never give freed memory
+# back to the kernel, so a forward's large outputs reuse pages an earlier forward faulted in.
+TUNED_MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(4 * 1024**3),
+    "MALLOC_TRIM_THRESHOLD_": str(64 * 1024**3),
+    "MALLOC_TOP_PAD_": str(1024**3),
+}
 
 
 def without_new_terms(params: DeviceParams) -> DeviceParams:
@@ -121,10 +136,12 @@ def report(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def page_faults(points: Sequence[tuple[str, int, int]] = FAULT_POINTS) -> str:
-    """Minor page faults of one forward (after a warm-up) against the bytes the model charges
-    first touch for: the check that the 32 MiB threshold picks the outputs that really fault."""
+def page_faults(points: Sequence[tuple[str, int, int]] = FAULT_POINTS, repeats: int = 1) -> str:
+    """Minor page faults of a forward (after a warm-up; the median over ``repeats``) against the
+    bytes the model charges first touch for: the check that the 32 MiB threshold picks the
+    outputs that really fault."""
     import resource
+    import statistics
     import time
 
     import torch
@@ -144,21 +161,64 @@ def page_faults(points: Sequence[tuple[str, int, int]] = FAULT_POINTS) -> str:
             config = AutoConfig.for_model(**PRESETS[name].to_config())
             models[name] = AutoModel.from_config(config).eval()
         ids = torch.randint(5, 1000, (b, s))
+        samples = []
         with torch.inference_mode():
             models[name](input_ids=ids)
-            before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-            models[name](input_ids=ids)
-            seconds, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
+            for _ in range(repeats):
+                before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                models[name](input_ids=ids)
+                seconds = time.perf_counter() - started
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                system = after.ru_stime - before.ru_stime
+                samples.append((seconds, system, (after.ru_minflt - before.ru_minflt) * page))
+        columns = zip(*samples, strict=True)
+        seconds, system, faulted = (statistics.median(column) for column in columns)
         cost = forward_cost(PRESETS[name], b, s, "float32")
         charged = sum(
             x for k in cost.kernels for x in k.fresh_output_bytes if x >= FRESH_MAPPING_MIN_BYTES
         )
-        faulted = (after.ru_minflt - before.ru_minflt) * page
         lines.append(
-            f"| {name} {b}×{s} | {seconds:.2f} | {after.ru_stime - before.ru_stime:.2f} | "
+            f"| {name} {b}×{s} | {seconds:.2f} | {system:.2f} | "
             f"{faulted / 1e6:.0f} | {charged / 1e6:.0f} |"
         )
     return "\n".join(lines)
+
+
+def env_text() -> str:
+    return " ".join(f"{k}={v}" for k, v in TUNED_MALLOC_ENV.items())
+
+
+def fault_points(text: str) -> tuple[tuple[str, int, int], ...]:
+    """``bert-base:16x512,bigbird-roberta-base:4x512`` → the points."""
+    points = []
+    for item in filter(None, text.split(",")):
+        try:
+            name, shape = item.split(":")
+            b, s = (int(v) for v in shape.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not MODEL:BxS") from None
+        if name not in PRESETS or b < 1 or s < 1:
+            raise argparse.ArgumentTypeError(f"{item!r}: unknown model or a size below 1")
+        points.append((name, b, s))
+    return tuple(points)
+
+
+def fault_check_in_child(
+    points: Sequence[tuple[str, int, int]], threads: int, repeats: int, extra_env: dict[str, str]
+) -> str:
+    """``--faults`` in a fresh process with ``extra_env`` (glibc reads it at start-up only)."""
+    import os
+    import subprocess
+
+    listed = ",".join(f"{name}:{b}x{s}" for name, b, s in points)
+    command = [sys.executable, __file__, "--faults", "--points", listed]
+    command += ["--threads", str(threads), "--repeats", str(repeats)]
+    done = subprocess.run(
+        command, env={**os.environ, **extra_env}, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the fault check failed: {done.stderr.strip()[-2000:]}")
+    return done.stdout.strip()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -169,9 +229,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", metavar="FILE.json")
     parser.add_argument("--load", metavar="FILE.json")
     parser.add_argument("--faults", action="store_true", help="count page faults per forward")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="--faults: timed forwards per point (median)"
+    )
+    parser.add_argument(
+        "--points",
+        type=fault_points,
+        default=FAULT_POINTS,
+        metavar="MODEL:BxS,...",
+        help="--faults: the points (default: large BigBird and BERT points)",
+    )
+    parser.add_argument(
+        "--tuned-malloc",
+        action="store_true",
+        help="--faults: run the check with glibc's defaults and with TUNED_MALLOC_ENV, each in a "
+        "fresh process",
+    )
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.threads < 1:
+        parser.error("--repeats and --threads must be at least 1")
+    if args.faults and args.tuned_malloc:
+        for label, extra in (("glibc defaults", {}), ("tuned: " + env_text(), TUNED_MALLOC_ENV)):
+            print(f"## {label}")
+            print(fault_check_in_child(args.points, args.threads, args.repeats, extra), flush=True)
+        return 0
     if args.faults:
-        print(page_faults())
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(page_faults(args.points, repeats=args.repeats))
         return 0
     data = read_json(args.load) if args.load else measure(args.rounds, args.threads, args.cpu_time)
     if args.out:

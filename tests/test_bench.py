@@ -9,6 +9,7 @@ are the quotients of the figures they come from.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import math
@@ -226,3 +227,24 @@ def test_page_fault_count_runs_on_a_small_point() -> None:
     row = next(line for line in table.splitlines() if "bert-base 1×8" in line)
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert float(cells[1]) > 0 and float(cells[3]) >= 0 and cells[4] == "0"
+
+
+def test_tuned_malloc_check_runs_both_allocator_settings_in_fresh_processes() -> None:
+    """--tuned-malloc on one small point: two tables, one per glibc setting, each from a child
+    process that really ran the forward (its time is positive)."""
+    module = load("large_activations")
+    assert module.fault_points("bert-base:1x8,bigbird-roberta-base:2X16") == (
+        ("bert-base", 1, 8),
+        ("bigbird-roberta-base", 2, 16),
+    )
+    for bad in ("bert-base:1x", "nope:1x8", "bert-base:0x8"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            module.fault_points(bad)
+    tables = [
+        module.fault_check_in_child((("bert-base", 1, 8),), 1, 2, env)
+        for env in ({}, module.TUNED_MALLOC_ENV)
+    ]
+    for table in tables:
+        assert table.startswith("threads 1")
+        row = next(line for line in table.splitlines() if "bert-base 1×8" in line)
+        assert float(row.strip("|").split("|")[1]) > 0
