@@ -126,6 +126,12 @@ def find_device(name: str) -> DeviceSpec:
     raise InputError(f"unknown GPU {name!r}; known: {', '.join(CATALOG)} (see `scaleprobe gpus`)")
 
 
+# What the dispatch probe streams before each linear layer of its tiny encoder to leave the caches
+# as a real forward's weights leave them: a core's L2 on common server CPUs (a base model's
+# linear layer reads 2.4-9.4 MB of weights).
+COLD_STREAM_BYTES = 2 * 1024**2
+
+
 @dataclass(frozen=True)
 class DeviceParams:
     """The calibratable parameters of one device, as the predictor uses them.
@@ -163,6 +169,11 @@ class DeviceParams:
     first_touch_seconds_per_byte: float | None = None
     tanh_elements_per_second: float | None = None
     exp_elements_per_second: float | None = None
+    # CPU only: the host cost of an op whose caches a kernel just evicted, over its cost with warm
+    # caches (the dispatch probe's tiny encoder with and without streaming COLD_STREAM_BYTES
+    # before each linear layer); a forward's host time scales by 1 + (ratio - 1) · f, f how much
+    # of COLD_STREAM_BYTES its matrix products move per call (``scaleprobe.models.predict``).
+    cold_host_ratio: float = 1.0
     source: str = "probes"  # "probes", "datasheet", "refit", "transfer"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -241,6 +252,13 @@ class DeviceParams:
         for key in ("tanh_elements_per_second", "exp_elements_per_second"):
             if data.get(key) is not None:
                 _positive(data[key], key)
+        if "cold_host_ratio" in data:
+            _positive(data["cold_host_ratio"], "cold_host_ratio")
+            if data["cold_host_ratio"] < 1:
+                raise InputError(
+                    f"cold_host_ratio must be at least 1 (cold caches never make the host "
+                    f"faster), got {data['cold_host_ratio']!r}"
+                )
         if data.get("first_touch_seconds_per_byte") is not None:
             _non_negative(data["first_touch_seconds_per_byte"], "first_touch_seconds_per_byte")
         if data["kind"] not in ("cpu", "gpu"):

@@ -66,6 +66,9 @@ class ProbeResults:
     # (seconds, host ops, module calls) of the dispatch probe's tiny real encoder (CPU),
     # detail["tiny_encoder"]: the host cost of a forward's own op mix
     tiny_encoder: tuple[float, int, int] | None = None
+    # the same encoder's host seconds with caches evicted before each linear layer, as a real
+    # forward's weights evict them (detail["tiny_encoder"]["cold_seconds"]; None in older records)
+    tiny_encoder_cold_seconds: float | None = None
 
     @classmethod
     def from_records(cls, records: Sequence[Mapping[str, Any]]) -> ProbeResults:
@@ -74,6 +77,7 @@ class ProbeResults:
         by_size: dict[str, list[tuple[int, int, int, float]]] = {}
         bandwidth = dispatch = floor = first_touch = None
         encoder: tuple[float, int, int] | None = None
+        encoder_cold = None
         transcendental: dict[str, float] = {}
         streamed: dict[str, tuple[int, int, int, float]] = {}
         for record in records:
@@ -127,6 +131,9 @@ class ProbeResults:
                 )
                 if tiny is not None and _positive_number(tiny[0]) and tiny[1] + tiny[2] > 0:
                     encoder = (float(tiny[0]), int(tiny[1]), int(tiny[2]))
+                    cold = (detail.get("tiny_encoder") or {}).get("cold_seconds")
+                    if isinstance(cold, (int, float)) and _positive_number(cold):
+                        encoder_cold = float(cold)
         return cls(
             compute_flops_per_second=compute,
             memory_bandwidth_bytes_per_second=bandwidth,
@@ -138,6 +145,7 @@ class ProbeResults:
             exp_elements_per_second=transcendental.get("exp"),
             streamed_products=streamed,
             tiny_encoder=encoder,
+            tiny_encoder_cold_seconds=encoder_cold,
         )
 
 
@@ -233,10 +241,14 @@ def calibrate(
     dispatch = (
         probes.dispatch_seconds if probes.dispatch_seconds is not None else (10e-6 if gpu else 5e-6)
     )
+    cold_ratio = 1.0
     if not gpu and probes.tiny_encoder is not None:
-        # the host cost per op of a real forward's mix, module calls at DEFAULT_MODULE_FACTOR ops
+        # the host cost per op of a real forward's mix, module calls at DEFAULT_MODULE_FACTOR ops;
+        # how much more it costs with caches as a real forward's weights leave them
         seconds, host_ops, module_calls = probes.tiny_encoder
         dispatch = seconds / (host_ops + DEFAULT_MODULE_FACTOR * module_calls)
+        if probes.tiny_encoder_cold_seconds is not None:
+            cold_ratio = max(1.0, probes.tiny_encoder_cold_seconds / seconds)
     floor = (
         probes.kernel_floor_seconds
         if probes.kernel_floor_seconds is not None
@@ -263,6 +275,7 @@ def calibrate(
         first_touch_seconds_per_byte=None if gpu else probes.first_touch_seconds_per_byte,
         tanh_elements_per_second=None if gpu else probes.tanh_elements_per_second,
         exp_elements_per_second=None if gpu else probes.exp_elements_per_second,
+        cold_host_ratio=cold_ratio,
     )
 
 

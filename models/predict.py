@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from scaleprobe.models.architecture import Architecture
 from scaleprobe.models.costs import HOST, MATRIX_KINDS, ForwardCost, Kernel, forward_cost
-from scaleprobe.models.devices import DeviceParams
+from scaleprobe.models.devices import COLD_STREAM_BYTES, DeviceParams
 from scaleprobe.models.errors import InputError
 
 FRAMEWORK, MEMORY, COMPUTE = "framework", "memory", "compute"
@@ -109,13 +109,32 @@ def transcendental_seconds(kernel: Kernel, params: DeviceParams) -> float:
     return seconds
 
 
+def cold_host_scale(cost: ForwardCost, params: DeviceParams) -> float:
+    """How much a forward's host work costs over the warm-cache figure (1 without a probe ratio).
+
+    Its matrix products' bytes per call against the dispatch probe's ``COLD_STREAM_BYTES``: a
+    forward whose products each move at least that much leaves the host's caches as cold as the
+    probe's streams do and pays the full ``cold_host_ratio``; a small model whose weights stay in
+    cache pays a share of it.
+    """
+    if params.cold_host_ratio <= 1.0:
+        return 1.0
+    matrix = [kernel for kernel in cost.kernels if kernel.kind in MATRIX_KINDS]
+    calls = sum(kernel.calls for kernel in matrix)
+    if not calls:
+        return 1.0
+    per_call = sum(kernel.bytes_moved for kernel in matrix) / calls
+    return 1.0 + (params.cold_host_ratio - 1.0) * min(1.0, per_call / COLD_STREAM_BYTES)
+
+
 def time_forward(cost: ForwardCost, params: DeviceParams) -> Timing:
     """Latency of one forward from its kernels (FIFO queue with overlap, else a plain sum)."""
     host_total = device_total = compute_bound = memory_bound = 0.0
     host_clock = device_clock = 0.0
+    scale = cold_host_scale(cost, params)
     for kernel in cost.kernels:
         device, is_compute = kernel_device_seconds(kernel, params, cost.dtype)
-        host = (
+        host = scale * (
             kernel.host_ops * params.dispatch_seconds + kernel.module_calls * params.module_seconds
         )
         host_total += host

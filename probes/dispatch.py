@@ -24,10 +24,18 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+from scaleprobe.models.devices import COLD_STREAM_BYTES
 from scaleprobe.probes import graphs
 from scaleprobe.probes.device import default_timer
 from scaleprobe.probes.request import ProbeRequest, ProbeResult
-from scaleprobe.probes.timing import CudaEventTimer, HostTimer, Measurement, Timer, measure
+from scaleprobe.probes.timing import (
+    CudaEventTimer,
+    HostTimer,
+    Measurement,
+    Timer,
+    TimingRequest,
+    measure,
+)
 
 OPS_PER_SAMPLE = 200
 # A host-bound real encoder (CPU): BERT, 2 layers, 32 wide, 1 × 16 tokens, ~95% host work. Its
@@ -49,6 +57,13 @@ TINY_ENCODER_TOKENS = 16
 # many timed forwards (~1 ms each): a calibration must stay within 2% of measuring the curve.
 TINY_ENCODER_SHARE = 0.5
 TINY_ENCODER_MAX_REPEATS = 30
+# The same encoder with caches as a real forward leaves them: before each linear layer a hook
+# streams COLD_STREAM_BYTES (scaleprobe.models.devices), which evicts the interpreter's and
+# dispatcher's working set as a real model's weights do. Its host time is the hooked forward's
+# minus the streams' own (timed alone). Each part gets COLD_SHARE of the encoder's budget and at
+# most COLD_MAX_REPEATS forwards.
+COLD_SHARE = 0.25
+COLD_MAX_REPEATS = 12
 
 
 def tiny_ops(device: str, count: int = OPS_PER_SAMPLE) -> Callable[[], None]:
@@ -131,12 +146,15 @@ def run(request: ProbeRequest, *, timer: Timer | None = None, cuda: Any = None) 
     measurement = measure(
         ops, request.timing.scaled(1 - TINY_ENCODER_SHARE), timer, threads=threads
     )
-    forward, host_ops, module_calls = tiny_encoder_forward()
+    forward, model, host_ops, module_calls = tiny_encoder_forward()
     encoder_timing = replace(
         request.timing.scaled(TINY_ENCODER_SHARE),
         max_repeats=max(request.timing.min_repeats, TINY_ENCODER_MAX_REPEATS),
     )
     encoder = measure(forward, encoder_timing, timer, threads=threads)
+    cold = cold_encoder_seconds(
+        forward, model, request.timing.scaled(TINY_ENCODER_SHARE * COLD_SHARE), timer, threads
+    )
     return ProbeResult(
         probe="dispatch",
         value=measurement.median_seconds / OPS_PER_SAMPLE,
@@ -152,14 +170,60 @@ def run(request: ProbeRequest, *, timer: Timer | None = None, cuda: Any = None) 
                 "host_ops": host_ops,
                 "module_calls": module_calls,
                 "tokens": TINY_ENCODER_TOKENS,
+                "cold_seconds": cold.host_seconds,
+                "cold_stream_bytes": COLD_STREAM_BYTES,
             },
         },
-        other_device_seconds=encoder.device_seconds,
+        other_device_seconds=encoder.device_seconds + cold.device_seconds,
     )
 
 
-def tiny_encoder_forward() -> tuple[Callable[[], object], int, int]:
-    """The CPU tiny encoder's forward, and the model's count of its host ops and module calls."""
+@dataclass(frozen=True)
+class ColdTiming:
+    host_seconds: float  # the hooked forward's median minus the streams' median (>= 0)
+    device_seconds: float  # what timing both cost
+
+
+def cold_encoder_seconds(
+    forward: Callable[[], object],
+    model: torch.nn.Module,
+    timing: TimingRequest,
+    timer: Timer,
+    threads: int,
+) -> ColdTiming:
+    """The tiny encoder's forward time with cold caches, less the time of what cooled them.
+
+    ``forward`` runs ``model`` (:func:`tiny_encoder_forward`); a pre-hook on each of its linear
+    layers copies ``COLD_STREAM_BYTES`` before the layer runs, and the same copies are timed alone.
+    """
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    source = torch.ones(COLD_STREAM_BYTES // 4)
+    target = torch.empty_like(source)
+
+    def stream(*_: object) -> None:
+        target.copy_(source)
+
+    def streams_alone() -> None:
+        for _ in linears:
+            stream()
+
+    timing = replace(timing, max_repeats=max(timing.min_repeats, COLD_MAX_REPEATS))
+    handles = [linear.register_forward_pre_hook(stream) for linear in linears]
+    try:
+        hooked = measure(forward, timing, timer, threads=threads)
+    finally:
+        for handle in handles:
+            handle.remove()
+    alone = measure(streams_alone, timing, timer, threads=threads)
+    return ColdTiming(
+        host_seconds=max(0.0, hooked.median_seconds - alone.median_seconds),
+        device_seconds=hooked.device_seconds + alone.device_seconds,
+    )
+
+
+def tiny_encoder_forward() -> tuple[Callable[[], object], torch.nn.Module, int, int]:
+    """The CPU tiny encoder's forward, the module it runs, and the performance model's count of
+    its host ops and module calls."""
     from scaleprobe.models.architecture import architecture_from_config
     from scaleprobe.models.costs import forward_cost
     from scaleprobe.probes.model import build_model
@@ -177,4 +241,4 @@ def tiny_encoder_forward() -> tuple[Callable[[], object], int, int]:
         with torch.inference_mode():
             return model(input_ids=ids)
 
-    return forward, cost.host_ops, cost.module_calls
+    return forward, model, cost.host_ops, cost.module_calls

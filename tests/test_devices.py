@@ -84,16 +84,19 @@ def test_the_cpu_probe_figures_are_optional_and_round_trip() -> None:
             "first_touch_seconds_per_byte",
             "tanh_elements_per_second",
             "exp_elements_per_second",
+            "cold_host_ratio",
         )
     }
     loaded = DeviceParams.from_dict(old)
     assert loaded == cpu and loaded.first_touch_seconds_per_byte is None
+    assert loaded.cold_host_ratio == 1.0
     assert loaded.tanh_elements_per_second is None and loaded.exp_elements_per_second is None
     measured = replace(
         cpu,
         first_touch_seconds_per_byte=3.2e-10,
         tanh_elements_per_second=6.8e8,
         exp_elements_per_second=1.9e9,
+        cold_host_ratio=2.6,
     )
     assert DeviceParams.from_dict(json.loads(json.dumps(measured.to_dict()))) == measured
 
@@ -117,6 +120,8 @@ def test_compiled_runtime_drops_only_the_host_costs() -> None:
         ({"first_touch_seconds_per_byte": -1e-10}, "first_touch_seconds_per_byte must be a non"),
         ({"tanh_elements_per_second": 0}, "tanh_elements_per_second must be a positive"),
         ({"exp_elements_per_second": "fast"}, "exp_elements_per_second must be a positive"),
+        ({"cold_host_ratio": 0.5}, "cold_host_ratio must be at least 1"),
+        ({"cold_host_ratio": None}, "cold_host_ratio must be a positive"),
     ],
 )
 def test_bad_parameters_are_input_errors(change: dict[str, object], message: str) -> None:

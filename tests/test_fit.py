@@ -84,6 +84,21 @@ def test_on_a_cpu_the_host_cost_comes_from_the_tiny_encoder_when_measured() -> N
     assert params.dispatch_seconds == pytest.approx(expected)
     assert params.module_seconds == pytest.approx(expected * DEFAULT_MODULE_FACTOR)
     assert calibrate(probes, kind="gpu").dispatch_seconds == 9e-7
+    assert params.cold_host_ratio == 1.0  # no cold reading: warm caches, as before
+    # with caches evicted before each linear layer (as a real forward's weights do) the encoder's
+    # time over the warm one is the cold ratio; c_op stays the warm figure; a cold time below
+    # the warm one (timing noise) is no evidence of anything: ratio 1
+    for cold, ratio in ((2.25e-3, 2.5), (5.0e-4, 1.0)):
+        records[index] = {
+            **records[index],
+            "detail": {"tiny_encoder": {**encoder, "cold_seconds": cold}},
+        }
+        cold_probes = ProbeResults.from_records(records)
+        assert cold_probes.tiny_encoder_cold_seconds == cold
+        cold_params = calibrate(cold_probes, kind="cpu")
+        assert cold_params.dispatch_seconds == pytest.approx(expected)
+        assert cold_params.cold_host_ratio == pytest.approx(ratio)
+        assert calibrate(cold_probes, kind="gpu").cold_host_ratio == 1.0
     broken = {**encoder, "seconds": "slow"}
     records[index] = {**records[index], "detail": {"tiny_encoder": broken}}
     assert ProbeResults.from_records(records).tiny_encoder is None

@@ -12,6 +12,7 @@ from scaleprobe.models.costs import forward_cost
 from scaleprobe.models.devices import CATALOG, cpu_params, find_device, params_from_spec
 from scaleprobe.models.predict import (
     FRESH_MAPPING_MIN_BYTES,
+    cold_host_scale,
     kernel_device_seconds,
     max_batch_size,
     predict,
@@ -220,3 +221,31 @@ def test_the_cpu_terms_slow_bigbird_more_than_bert_at_large_activations() -> Non
     assert small == pytest.approx(
         predict(PRESETS["bert-base"], CPU, 1, 128, "float32").latency_seconds, rel=1e-4
     )
+
+
+def test_cold_caches_scale_host_time_by_how_much_the_products_stream() -> None:
+    """A base model's products each move more than the probe's stream: its host time pays the
+    whole cold ratio; a 32-wide BERT's stay in cache and pay almost none; the device time and a
+    GPU's figures do not move."""
+    from scaleprobe.models.architecture import architecture_from_config
+
+    cold = replace(CPU, cold_host_ratio=2.5)
+    base = forward_cost(PRESETS["bert-base"], 1, 16, "float32")
+    assert cold_host_scale(base, CPU) == 1.0
+    assert cold_host_scale(base, cold) == pytest.approx(2.5)
+    warm_timing, cold_timing = time_forward(base, CPU), time_forward(base, cold)
+    assert cold_timing.host_seconds == pytest.approx(2.5 * warm_timing.host_seconds)
+    assert cold_timing.device_seconds == warm_timing.device_seconds
+    tiny_config = {
+        "model_type": "bert",
+        "hidden_size": 32,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "vocab_size": 512,
+    }
+    tiny = forward_cost(architecture_from_config(tiny_config, "tiny"), 1, 16, "float32")
+    assert 1.0 < cold_host_scale(tiny, cold) < 1.05
+    gpu = params_from_spec(find_device("A10G"))
+    assert gpu.cold_host_ratio == 1.0
+    assert cold_host_scale(forward_cost(PRESETS["bert-base"], 1, 16, "float16"), gpu) == 1.0

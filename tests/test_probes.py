@@ -192,6 +192,22 @@ def test_memory_measures_the_cost_of_writing_fresh_memory_on_the_cpu() -> None:
     assert result.device_seconds > result.measurement.device_seconds  # the clone is counted
 
 
+def test_the_first_touch_clone_faults_every_page_every_time() -> None:
+    """The probe maps its clone's memory itself, so every call pays a page fault per page, as a
+    forward's large output does, whatever the process's heap holds (left to malloc, a clone can
+    come from a large free heap chunk and fault nothing: one accuracy run read 0 ns/B in 6 of 9
+    calibrations that way)."""
+    import resource
+
+    source = torch.ones(8 * 1024**2 // 4)
+    clone = memory.fresh_clone(source)
+    pages = source.numel() * source.element_size() // resource.getpagesize()
+    for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        clone()
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before >= 0.95 * pages
+
+
 class ScriptedTimer:
     """Runs each call and reports the next scripted duration (and the thread count it saw)."""
 
@@ -304,6 +320,42 @@ def test_dispatch_on_the_cpu_also_times_a_tiny_real_encoder() -> None:
     # a forward of ~100 ops and ~50 module calls: more than 100 adds, well under a second
     assert 100 * result.value < encoder["seconds"] < 1.0
     assert result.device_seconds >= result.measurement.device_seconds + encoder["seconds"]
+    # and its host time with cold caches (never negative; the streams are not host time)
+    assert encoder["cold_stream_bytes"] == dispatch.COLD_STREAM_BYTES
+    assert 0 <= encoder["cold_seconds"] < 1.0
+
+
+class PhaseTimer:
+    """Runs each call; reports ``hooked`` seconds while the encoder's linear layers carry
+    pre-hooks and ``alone`` otherwise, and counts the streams' copies per call."""
+
+    name = "phase"
+
+    def __init__(self, linears: list[torch.nn.Module], hooked: float, alone: float) -> None:
+        self.linears, self.hooked, self.alone = linears, hooked, alone
+        self.phases: list[str] = []
+
+    def time(self, fn: object) -> float:
+        with_hooks = all(len(linear._forward_pre_hooks) == 1 for linear in self.linears)
+        fn()  # type: ignore[operator]
+        self.phases.append("hooked" if with_hooks else "alone")
+        return self.hooked if with_hooks else self.alone
+
+
+def test_cold_encoder_time_is_the_hooked_forward_less_the_streams_alone() -> None:
+    forward, model, _, _ = dispatch.tiny_encoder_forward()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) >= 12  # 2 layers × 6 linear layers, and the pooler
+    timer = PhaseTimer(linears, hooked=3e-3, alone=1e-3)
+    cold = dispatch.cold_encoder_seconds(forward, model, QUICK, timer, threads=1)
+    assert cold.host_seconds == pytest.approx(2e-3)
+    assert "hooked" in timer.phases and "alone" in timer.phases
+    assert timer.phases.index("alone") > max(i for i, p in enumerate(timer.phases) if p == "hooked")
+    assert cold.device_seconds > 0
+    # the hooks are gone afterwards, and streams slower than the hooked forward give 0, not < 0
+    assert all(not linear._forward_pre_hooks for linear in linears)
+    slow_streams = PhaseTimer(linears, hooked=1e-3, alone=3e-3)
+    assert dispatch.cold_encoder_seconds(forward, model, QUICK, slow_streams, 1).host_seconds == 0
 
 
 def test_dispatch_on_cuda_splits_host_cost_from_the_kernel_floor() -> None:
