@@ -225,8 +225,8 @@ def test_the_cpu_terms_slow_bigbird_more_than_bert_at_large_activations() -> Non
 
 def test_cold_caches_scale_host_time_by_how_much_the_products_stream() -> None:
     """A base model's products each move more than the probe's stream: its host time pays the
-    whole cold ratio; a 32-wide BERT's stay in cache and pay almost none; the device time and a
-    GPU's figures do not move."""
+    whole cold ratio; the probe's own 32-wide encoder's stay in cache and pay almost none; the
+    device time and a GPU's figures do not move."""
     from scaleprobe.models.architecture import architecture_from_config
 
     cold = replace(CPU, cold_host_ratio=2.5)
@@ -236,15 +236,9 @@ def test_cold_caches_scale_host_time_by_how_much_the_products_stream() -> None:
     warm_timing, cold_timing = time_forward(base, CPU), time_forward(base, cold)
     assert cold_timing.host_seconds == pytest.approx(2.5 * warm_timing.host_seconds)
     assert cold_timing.device_seconds == warm_timing.device_seconds
-    tiny_config = {
-        "model_type": "bert",
-        "hidden_size": 32,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "vocab_size": 512,
-    }
-    tiny = forward_cost(architecture_from_config(tiny_config, "tiny"), 1, 16, "float32")
+    from scaleprobe.probes.dispatch import TINY_ENCODER  # the probe's own encoder
+
+    tiny = forward_cost(architecture_from_config(dict(TINY_ENCODER), "tiny"), 1, 16, "float32")
     assert 1.0 < cold_host_scale(tiny, cold) < 1.05
     gpu = params_from_spec(find_device("A10G"))
     assert gpu.cold_host_ratio == 1.0
