@@ -301,7 +301,7 @@ def _time_only(point: Any, cache: Any, timer: Any = None) -> dict[str, Any]:
     }
 
 
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096  # what a fault maps
 
 
 def minor_page_faults() -> int:

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy import median_probe_records, params_from
 from common import (
+    PAGE_BYTES,
     PointKey,
     ProcessCpuTimer,
     calibration,
@@ -149,7 +150,6 @@ def page_faults(points: Sequence[tuple[str, int, int]] = FAULT_POINTS, repeats: 
     from scaleprobe.models.predict import FRESH_MAPPING_MIN_BYTES
     from transformers import AutoConfig, AutoModel
 
-    page = resource.getpagesize()
     lines = [
         f"threads {torch.get_num_threads()}",
         "| point | forward s | system s | faulted MB | model: fresh outputs ≥ 32 MiB, MB |",
@@ -170,7 +170,7 @@ def page_faults(points: Sequence[tuple[str, int, int]] = FAULT_POINTS, repeats: 
                 seconds = time.perf_counter() - started
                 after = resource.getrusage(resource.RUSAGE_SELF)
                 system = after.ru_stime - before.ru_stime
-                samples.append((seconds, system, (after.ru_minflt - before.ru_minflt) * page))
+                samples.append((seconds, system, (after.ru_minflt - before.ru_minflt) * PAGE_BYTES))
         columns = zip(*samples, strict=True)
         seconds, system, faulted = (statistics.median(column) for column in columns)
         cost = forward_cost(PRESETS[name], b, s, "float32")

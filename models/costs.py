@@ -31,6 +31,7 @@ Counting conventions:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from scaleprobe.models.architecture import ACTIVATION_OPS, Architecture
 from scaleprobe.models.errors import InputError
@@ -134,6 +135,15 @@ class ForwardCost:
     @property
     def host_ops(self) -> int:
         return sum(k.host_ops for k in self.kernels)
+
+    @cached_property
+    def matrix_bytes_per_call(self) -> float:
+        """Bytes a matrix-product call moves, on average over the forward's (0 without any):
+        how far its products evict the host's caches between ops (``predict.cold_host_scale``).
+        Cached: the refit times the same cost many times."""
+        matrix = [k for k in self.kernels if k.kind in MATRIX_KINDS]
+        calls = sum(k.calls for k in matrix)
+        return sum(k.bytes_moved for k in matrix) / calls if calls else 0.0
 
     @property
     def module_calls(self) -> int:

@@ -77,7 +77,7 @@ class ProbeResults:
         by_size: dict[str, list[tuple[int, int, int, float]]] = {}
         bandwidth = dispatch = floor = first_touch = None
         encoder: tuple[float, int, int] | None = None
-        encoder_cold = None
+        encoder_cold: float | None = None
         transcendental: dict[str, float] = {}
         streamed: dict[str, tuple[int, int, int, float]] = {}
         for record in records:
@@ -131,9 +131,9 @@ class ProbeResults:
                 )
                 if tiny is not None and _positive_number(tiny[0]) and tiny[1] + tiny[2] > 0:
                     encoder = (float(tiny[0]), int(tiny[1]), int(tiny[2]))
-                    cold = (detail.get("tiny_encoder") or {}).get("cold_seconds")
-                    if isinstance(cold, (int, float)) and _positive_number(cold):
-                        encoder_cold = float(cold)
+                    cold = _reading(detail.get("tiny_encoder"), (("cold_seconds", float),))
+                    if cold is not None and _positive_number(cold[0]):
+                        encoder_cold = float(cold[0])
         return cls(
             compute_flops_per_second=compute,
             memory_bandwidth_bytes_per_second=bandwidth,

@@ -119,12 +119,8 @@ def cold_host_scale(cost: ForwardCost, params: DeviceParams) -> float:
     """
     if params.cold_host_ratio <= 1.0:
         return 1.0
-    matrix = [kernel for kernel in cost.kernels if kernel.kind in MATRIX_KINDS]
-    calls = sum(kernel.calls for kernel in matrix)
-    if not calls:
-        return 1.0
-    per_call = sum(kernel.bytes_moved for kernel in matrix) / calls
-    return 1.0 + (params.cold_host_ratio - 1.0) * min(1.0, per_call / COLD_STREAM_BYTES)
+    share = min(1.0, cost.matrix_bytes_per_call / COLD_STREAM_BYTES)
+    return 1.0 + (params.cold_host_ratio - 1.0) * share
 
 
 def time_forward(cost: ForwardCost, params: DeviceParams) -> Timing:

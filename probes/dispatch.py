@@ -147,14 +147,10 @@ def run(request: ProbeRequest, *, timer: Timer | None = None, cuda: Any = None) 
         ops, request.timing.scaled(1 - TINY_ENCODER_SHARE), timer, threads=threads
     )
     forward, model, host_ops, module_calls = tiny_encoder_forward()
-    encoder_timing = replace(
-        request.timing.scaled(TINY_ENCODER_SHARE),
-        max_repeats=max(request.timing.min_repeats, TINY_ENCODER_MAX_REPEATS),
-    )
+    encoder_timing = request.timing.scaled(TINY_ENCODER_SHARE, TINY_ENCODER_MAX_REPEATS)
     encoder = measure(forward, encoder_timing, timer, threads=threads)
-    cold = cold_encoder_seconds(
-        forward, model, request.timing.scaled(TINY_ENCODER_SHARE * COLD_SHARE), timer, threads
-    )
+    cold_timing = request.timing.scaled(TINY_ENCODER_SHARE * COLD_SHARE, COLD_MAX_REPEATS)
+    cold = cold_encoder_seconds(forward, model, cold_timing, timer, threads)
     return ProbeResult(
         probe="dispatch",
         value=measurement.median_seconds / OPS_PER_SAMPLE,
@@ -207,7 +203,6 @@ def cold_encoder_seconds(
         for _ in linears:
             stream()
 
-    timing = replace(timing, max_repeats=max(timing.min_repeats, COLD_MAX_REPEATS))
     handles = [linear.register_forward_pre_hook(stream) for linear in linears]
     try:
         hooked = measure(forward, timing, timer, threads=threads)

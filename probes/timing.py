@@ -59,12 +59,16 @@ class TimingRequest:
         if self.max_seconds is not None and self.max_seconds < self.budget_seconds:
             raise ValueError(f"bad timing request {self}: max_seconds must be >= budget_seconds")
 
-    def scaled(self, share: float) -> TimingRequest:
-        """This request with its budget and hard stop cut to ``share`` (a part of one probe)."""
+    def scaled(self, share: float, max_repeats: int | None = None) -> TimingRequest:
+        """This request with its budget and hard stop cut to ``share`` (a part of one probe), and
+        its repeats capped at ``max_repeats`` if given (never below ``min_repeats``)."""
         return replace(
             self,
             budget_seconds=self.budget_seconds * share,
             max_seconds=None if self.max_seconds is None else self.max_seconds * share,
+            max_repeats=self.max_repeats
+            if max_repeats is None
+            else max(self.min_repeats, max_repeats),
         )
 
 

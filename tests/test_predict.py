@@ -240,6 +240,7 @@ def test_cold_caches_scale_host_time_by_how_much_the_products_stream() -> None:
 
     tiny = forward_cost(architecture_from_config(dict(TINY_ENCODER), "tiny"), 1, 16, "float32")
     assert 1.0 < cold_host_scale(tiny, cold) < 1.05
+    assert 0 < tiny.matrix_bytes_per_call < 0.05 * 2 * 1024**2 < base.matrix_bytes_per_call
     gpu = params_from_spec(find_device("A10G"))
     assert gpu.cold_host_ratio == 1.0
     assert cold_host_scale(forward_cost(PRESETS["bert-base"], 1, 16, "float16"), gpu) == 1.0

@@ -214,3 +214,6 @@ def test_a_scaled_request_cuts_the_budget_and_the_hard_stop_alike() -> None:
     stopped = replace(request, max_seconds=1.6).scaled(0.5)
     assert stopped.budget_seconds == pytest.approx(0.4)
     assert stopped.max_seconds == pytest.approx(0.8)
+    # a cap on the repeats, never below the minimum
+    assert request.scaled(0.5, max_repeats=12).max_repeats == 12
+    assert request.scaled(0.5, max_repeats=1).max_repeats == 3
