@@ -25,10 +25,14 @@ versus bfloat16.
     python bench/accuracy.py --quick --out /tmp/accuracy-quick.json   # tiny grid (test suite)
     python bench/accuracy.py --load bench/results/accuracy.json \\
         --assume-cpu-figures 2.84e-10,7.08e8,1.92e9                 # what-if, see below
+    python bench/accuracy.py --load bench/results/accuracy-10.json \
+        --assume-cache-ladder bench/results/accuracy-11.json        # what-if, see below
 
 ``--assume-cpu-figures FIRST_TOUCH,TANH,EXP`` re-scores saved data whose calibrations predate the
-CPU first-touch and transcendental probe figures as if they had measured these (a what-if:
-the figures come from another calibration on the same machine and thread count).
+CPU first-touch and transcendental probe figures as if they had measured these, and
+``--assume-cache-ladder RUN`` those that predate the memory probe's cache ladder as if they had
+measured the one of another saved run's calibrations (the median memory probe's; what-ifs: take
+the figures from a calibration on the same machine and thread count).
 
 Re-scoring with ``--load`` uses the current performance model without measuring anything again,
 which is how a change to ``scaleprobe.models`` is checked against the same ground truth.
@@ -72,6 +76,7 @@ from scaleprobe.models.architecture import (
     architecture_from_config,
 )
 from scaleprobe.models.devices import DeviceParams
+from scaleprobe.models.errors import InputError
 from scaleprobe.models.predict import predict
 
 SCHEMA = "scaleprobe.bench.accuracy/1"
@@ -266,14 +271,30 @@ def median_probe_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str,
     return chosen
 
 
-# Set by --assume-cpu-figures: first-touch s/B, tanh and exp elements/s for calibrations without.
-ASSUMED_CPU_FIGURES: dict[str, float] = {}
+# Set by --assume-cpu-figures (first-touch s/B, tanh and exp elements/s) and --assume-cache-ladder
+# (bandwidth_ratio_by_working_set) for calibrations without them.
+ASSUMED_CPU_FIGURES: dict[str, Any] = {}
 
 
 def params_from(records: Sequence[Mapping[str, Any]]) -> DeviceParams:
     params = fit.calibrate(fit.ProbeResults.from_records(records), kind="cpu")
-    missing = {k: v for k, v in ASSUMED_CPU_FIGURES.items() if getattr(params, k) is None}
+    missing = {k: v for k, v in ASSUMED_CPU_FIGURES.items() if getattr(params, k) in (None, ())}
     return dataclasses.replace(params, **missing) if missing else params
+
+
+def cache_ladder_of(data: Mapping[str, Any]) -> tuple[tuple[float, float], ...]:
+    """The cache ladder of a saved run's main calibrations (float32, its thread count)."""
+    threads = data["settings"]["threads"]
+    records = [
+        r
+        for c in data["calibrations"]
+        if c["dtype"] == "float32" and c["threads"] == threads
+        for r in c["probes"]
+    ]
+    ladder = params_from(median_probe_records(records)).bandwidth_ratio_by_working_set
+    if not ladder:
+        raise ValueError("its calibrations have no cache ladder (a run before the probe had one)")
+    return ladder
 
 
 class Scorer:
@@ -694,6 +715,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=lambda text: [float(x) for x in text.split(",")],
         help="first-touch s/B, tanh and exp elements/s for calibrations that lack them",
     )
+    parser.add_argument(
+        "--assume-cache-ladder",
+        metavar="RUN",
+        help="a saved run whose calibrations' cache ladder to assume for calibrations without",
+    )
     parser.add_argument("--no-cross", dest="cross", action="store_false", default=None)
     parser.add_argument("--no-tiny", dest="tiny", action="store_false", default=None)
     args = parser.parse_args(argv)
@@ -722,6 +748,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         len(args.assume_cpu_figures) != 3 or min(args.assume_cpu_figures) <= 0
     ):
         parser.error("--assume-cpu-figures takes three positive numbers: FT,TANH,EXP")
+    if args.assume_cache_ladder is not None:
+        try:
+            args.assume_cache_ladder = cache_ladder_of(read_json(args.assume_cache_ladder))
+        except (OSError, ValueError, KeyError, TypeError, InputError) as error:
+            parser.error(f"--assume-cache-ladder {args.assume_cache_ladder}: {error}")
     return args
 
 
@@ -733,6 +764,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ASSUMED_CPU_FIGURES.update(
             zip((*names, "exp_elements_per_second"), args.assume_cpu_figures, strict=True)
         )
+    if args.assume_cache_ladder:
+        ASSUMED_CPU_FIGURES["bandwidth_ratio_by_working_set"] = args.assume_cache_ladder
     data = read_json(args.load) if args.load else measure(args)
     if args.noise_against:
         data["other_run_points"] = read_json(args.noise_against)["points"]

@@ -14,6 +14,7 @@ measurement):
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -140,7 +141,8 @@ class DeviceParams:
     - matrix product: ``max(flops / (rate · gemm_efficiency_ratio · x / (x + gemm_half_size)),
       bytes / memory_bandwidth) + kernel_floor`` with ``x`` the smallest of its m, n, k;
     - elementwise, norm, softmax, gather: ``bytes / (memory_bandwidth ·
-      elementwise_bandwidth_ratio) + kernel_floor``;
+      elementwise_bandwidth_ratio · cache_ratio(bytes per call)) + kernel_floor``, the cache
+      ratio read off ``bandwidth_ratio_by_working_set`` (1 without it);
     - on a CPU with the probe figures: an elementwise kernel takes at least its tanh/exp elements
       over their rates, and every kernel pays ``first_touch_seconds_per_byte`` on each fresh
       output of at least ``FRESH_MAPPING_MIN_BYTES`` (``scaleprobe.models.predict``).
@@ -174,6 +176,10 @@ class DeviceParams:
     # before each linear layer); a forward's host time scales by 1 + (ratio - 1) · f, f how much
     # of COLD_STREAM_BYTES its matrix products move per call (``scaleprobe.models.predict``).
     cold_host_ratio: float = 1.0
+    # CPU only: (working-set bytes, copy rate over the DRAM copy rate) from small to large, the
+    # memory probe's copies of cache-sized buffers (``predict.cache_ratio`` interpolates it);
+    # empty: every elementwise kernel streams at the memory bandwidth.
+    bandwidth_ratio_by_working_set: tuple[tuple[float, float], ...] = ()
     source: str = "probes"  # "probes", "datasheet", "refit", "transfer"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -193,7 +199,12 @@ class DeviceParams:
         return self.compute_flops_per_second[dtype]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready: equal to what :meth:`from_dict` reads back after a JSON round trip."""
+        data = asdict(self)
+        data["bandwidth_ratio_by_working_set"] = [
+            list(pair) for pair in self.bandwidth_ratio_by_working_set
+        ]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeviceParams:
@@ -259,6 +270,7 @@ class DeviceParams:
                     f"cold_host_ratio must be at least 1 (cold caches never make the host "
                     f"faster), got {data['cold_host_ratio']!r}"
                 )
+        ladder = bandwidth_ladder(data.get("bandwidth_ratio_by_working_set", ()))
         if data.get("first_touch_seconds_per_byte") is not None:
             _non_negative(data["first_touch_seconds_per_byte"], "first_touch_seconds_per_byte")
         if data["kind"] not in ("cpu", "gpu"):
@@ -269,7 +281,26 @@ class DeviceParams:
         values["reserved_memory_bytes"] = int(values.get("reserved_memory_bytes", 0))
         values["overlap"] = bool(values["overlap"])
         values["extra"] = dict(values.get("extra") or {})
+        values["bandwidth_ratio_by_working_set"] = ladder
         return cls(**values)
+
+
+def bandwidth_ladder(value: Any) -> tuple[tuple[float, float], ...]:
+    """``bandwidth_ratio_by_working_set`` from JSON: pairs of positive numbers, sizes rising;
+    an InputError saying what is wrong otherwise."""
+    key = "bandwidth_ratio_by_working_set"
+    if not isinstance(value, (list, tuple)):
+        raise InputError(f"{key} must be a list of [bytes, ratio] pairs, got {value!r}")
+    pairs = []
+    for pair in value:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise InputError(f"{key}: each entry must be a [bytes, ratio] pair, got {pair!r}")
+        _positive(pair[0], f"{key} bytes")
+        _positive(pair[1], f"{key} ratio")
+        pairs.append((float(pair[0]), float(pair[1])))
+    if any(a[0] >= b[0] for a, b in itertools.pairwise(pairs)):
+        raise InputError(f"{key}: working-set sizes must rise, got {[p[0] for p in pairs]}")
+    return tuple(pairs)
 
 
 def _positive(value: Any, key: str) -> None:

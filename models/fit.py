@@ -26,7 +26,12 @@ from typing import Any
 import numpy as np
 from scaleprobe.models.architecture import Architecture
 from scaleprobe.models.costs import ForwardCost, forward_cost
-from scaleprobe.models.devices import DeviceParams, DeviceSpec, params_from_spec
+from scaleprobe.models.devices import (
+    DeviceParams,
+    DeviceSpec,
+    bandwidth_ladder,
+    params_from_spec,
+)
 from scaleprobe.models.errors import InputError
 from scaleprobe.models.predict import time_forward
 
@@ -69,6 +74,9 @@ class ProbeResults:
     # the same encoder's host seconds with caches evicted before each linear layer, as a real
     # forward's weights evict them (detail["tiny_encoder"]["cold_seconds"]; None in older records)
     tiny_encoder_cold_seconds: float | None = None
+    # (working-set bytes, copy rate over the DRAM copy rate) of the memory probe's cache-sized
+    # copies (CPU), detail["bandwidth_ratio_by_working_set"]; empty in older records
+    bandwidth_ratio_by_working_set: tuple[tuple[float, float], ...] = ()
 
     @classmethod
     def from_records(cls, records: Sequence[Mapping[str, Any]]) -> ProbeResults:
@@ -78,6 +86,7 @@ class ProbeResults:
         bandwidth = dispatch = floor = first_touch = None
         encoder: tuple[float, int, int] | None = None
         encoder_cold: float | None = None
+        ladder: tuple[tuple[float, float], ...] = ()
         transcendental: dict[str, float] = {}
         streamed: dict[str, tuple[int, int, int, float]] = {}
         for record in records:
@@ -120,6 +129,7 @@ class ProbeResults:
                 raw = detail.get("first_touch_seconds_per_byte")
                 if isinstance(raw, (int, float)) and (_positive_number(raw) or raw == 0):
                     first_touch = float(raw)
+                ladder = _ladder(detail.get("bandwidth_ratio_by_working_set"))
             elif probe == "dispatch":
                 dispatch = float(value)
                 raw_floor = detail.get("kernel_floor_seconds")
@@ -146,6 +156,7 @@ class ProbeResults:
             streamed_products=streamed,
             tiny_encoder=encoder,
             tiny_encoder_cold_seconds=encoder_cold,
+            bandwidth_ratio_by_working_set=ladder,
         )
 
 
@@ -157,6 +168,15 @@ def _reading(value: Any, fields: Sequence[tuple[str, type]]) -> tuple[Any, ...] 
         return tuple(cast(value[name]) for name, cast in fields)
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _ladder(value: Any) -> tuple[tuple[float, float], ...]:
+    """The memory probe's ``[bytes, ratio]`` pairs; empty when absent or unreadable (a record of
+    an older or broken worker: the model then charges DRAM rates)."""
+    try:
+        return bandwidth_ladder(value) if value is not None else ()
+    except InputError:
+        return ()
 
 
 def _positive_number(value: Any) -> bool:
@@ -276,6 +296,7 @@ def calibrate(
         tanh_elements_per_second=None if gpu else probes.tanh_elements_per_second,
         exp_elements_per_second=None if gpu else probes.exp_elements_per_second,
         cold_host_ratio=cold_ratio,
+        bandwidth_ratio_by_working_set=() if gpu else probes.bandwidth_ratio_by_working_set,
     )
 
 
@@ -581,5 +602,6 @@ def transfer(
         memory_bandwidth_bytes_per_second=params.memory_bandwidth_bytes_per_second
         * bandwidth_ratio,
         memory_bytes=target_spec.memory_bytes,
+        bandwidth_ratio_by_working_set=(),  # the source's caches, not the target's
         source="transfer",
     )

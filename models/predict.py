@@ -2,7 +2,8 @@
 
 Each kernel of ``costs.forward_cost`` gets a device time from ``DeviceParams`` (a matrix product on
 a saturation curve in its smallest dimension, bounded below by its bytes over the bandwidth;
-an elementwise kernel by its bytes over the elementwise bandwidth) and a host time (its dispatched
+an elementwise kernel by its bytes over the elementwise bandwidth, faster while its working set
+fits the caches) and a host time (its dispatched
 ops times the per-op cost). Then:
 
 - on a device that overlaps host and device (a GPU, asynchronous launches) a FIFO queue: kernel i
@@ -15,6 +16,8 @@ host, ``1 - device_busy / latency``. The equations and their limits are in docs/
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -76,10 +79,34 @@ def kernel_device_seconds(kernel: Kernel, params: DeviceParams, dtype: str) -> t
         compute = kernel.flops / (params.rate(dtype) * efficiency)
         memory = kernel.bytes_moved / params.memory_bandwidth_bytes_per_second
         return max(compute, memory) + floor + first_touch_seconds(kernel, params), compute >= memory
-    bandwidth = params.memory_bandwidth_bytes_per_second * params.elementwise_bandwidth_ratio
+    bandwidth = (
+        params.memory_bandwidth_bytes_per_second
+        * params.elementwise_bandwidth_ratio
+        * cache_ratio(kernel.bytes_per_call, params)
+    )
     memory = kernel.bytes_moved / bandwidth
     compute = transcendental_seconds(kernel, params)
     return max(memory, compute) + floor + first_touch_seconds(kernel, params), compute > memory
+
+
+def cache_ratio(working_set_bytes: float, params: DeviceParams) -> float:
+    """How much faster than from memory an elementwise call over ``working_set_bytes`` streams:
+    ``params.bandwidth_ratio_by_working_set`` interpolated linearly in log size, held flat
+    beyond its smallest and largest sizes (1 without a ladder).
+
+    A forward's activations are written by one op and read by the next; while they fit the
+    caches, the next op reads them there.
+    """
+    ladder = params.bandwidth_ratio_by_working_set
+    if not ladder:
+        return 1.0
+    if working_set_bytes <= ladder[0][0]:
+        return ladder[0][1]
+    for (low, low_ratio), (high, high_ratio) in itertools.pairwise(ladder):
+        if working_set_bytes <= high:
+            share = math.log(working_set_bytes / low) / math.log(high / low)
+            return low_ratio + (high_ratio - low_ratio) * share
+    return ladder[-1][1]
 
 
 def first_touch_seconds(kernel: Kernel, params: DeviceParams) -> float:

@@ -32,6 +32,14 @@ in runs of consecutive samples, more often with two threads). A forward's output
 freed moments before, and the accuracy sweeps fit the fast figure (``BENCHMARKS.md``).
 ``detail["fresh_write_threads"]`` records the one thread. On a GPU the caching allocator reuses
 memory, so nothing is measured there (the keys are absent).
+
+On the CPU it also times ``Tensor.copy_`` (torch's threads, as a forward's elementwise ops run)
+over working sets from ``CACHE_LADDER_BYTES[0]`` up (source plus destination: leading views of the
+two buffers), each against the same copy of the whole buffers:
+``detail["bandwidth_ratio_by_working_set"]`` lists ``[working-set bytes, ratio]`` pairs ending with
+the whole buffers at 1.0. A forward's activations are written by one op and read by the next, so
+while they fit the caches their elementwise ops run at these cached rates, not at DRAM's: on a
+Xeon guest 3-6 × the DRAM copy rate up to a few MiB, 2 × up to 64 MiB (``docs/model.md``).
 """
 
 from __future__ import annotations
@@ -59,6 +67,14 @@ FRESH_WRITE_BYTES = 64 * 1024**2
 # Share of the probe's budget the fresh-write clone and its one-thread copy get (the copies of
 # the whole buffer share the rest).
 FRESH_WRITE_SHARE = 0.25
+# Working sets (source plus destination bytes) of the cached-copy ladder: x 2 steps from 512 KiB,
+# through the L2 and the L3, up to where DRAM takes over; sizes at or above the buffer are left
+# out. Each sample copies a working set repeatedly, ``LADDER_SAMPLE_BYTES`` in all, so that a
+# sample of a small set lasts well over the timer's resolution.
+CACHE_LADDER_BYTES = tuple(2**i * 512 * 1024 for i in range(10))  # 512 KiB ... 256 MiB
+LADDER_SAMPLE_BYTES = 64 * 1024**2
+# Share of the probe's budget the ladder gets.
+LADDER_SHARE = 0.15
 
 
 def buffer_bytes(llc_bytes: int, memory_cap_bytes: int) -> int:
@@ -89,8 +105,9 @@ def run(request: ProbeRequest, *, timer: Timer | None = None, cuda: Any = None) 
         source_array, destination_array = source.numpy(), destination.numpy()
         methods["memcpy"] = lambda: np.copyto(destination_array, source_array)
     fresh = not request.is_cuda and size >= FRESH_WRITE_BYTES
-    copy_share = (1.0 - FRESH_WRITE_SHARE) / len(methods) if fresh else 1.0 / len(methods)
-    share = request.timing.scaled(copy_share)
+    ladder = not request.is_cuda
+    others = (FRESH_WRITE_SHARE if fresh else 0.0) + (LADDER_SHARE if ladder else 0.0)
+    share = request.timing.scaled((1.0 - others) / len(methods))
     measured = {name: measure(fn, share, timer, threads=threads) for name, fn in methods.items()}
     rates = {name: 2.0 * size / m.median_seconds for name, m in measured.items()}
     best = max(rates, key=lambda name: rates[name])
@@ -103,6 +120,16 @@ def run(request: ProbeRequest, *, timer: Timer | None = None, cuda: Any = None) 
             request.timing.scaled(FRESH_WRITE_SHARE / 2),
             timer,
         )
+        other_device_seconds += seconds
+    if ladder:
+        ratios, seconds = cache_ladder(
+            source,
+            destination,
+            measured["torch_copy"].median_seconds,
+            request.timing.scaled(LADDER_SHARE / len(CACHE_LADDER_BYTES)),
+            timer,
+        )
+        extra["bandwidth_ratio_by_working_set"] = ratios
         other_device_seconds += seconds
     return ProbeResult(
         probe="memory",
@@ -121,6 +148,41 @@ def run(request: ProbeRequest, *, timer: Timer | None = None, cuda: Any = None) 
         },
         other_device_seconds=other_device_seconds,
     )
+
+
+def cache_ladder(
+    source: torch.Tensor,
+    destination: torch.Tensor,
+    full_copy_seconds: float,
+    timing: TimingRequest,
+    timer: Timer,
+) -> tuple[list[list[float]], float]:
+    """``[working-set bytes, copy rate / full-buffer copy rate]`` for each ``CACHE_LADDER_BYTES``
+    size under the buffers' working set, then ``[2 × buffer bytes, 1.0]``; and the device seconds
+    spent. Each size copies a leading view of ``source`` into one of ``destination``, warm
+    (the view stays in whatever cache holds it), by the median sample."""
+    size = source.numel() * source.element_size()
+    full_rate = 2.0 * size / full_copy_seconds
+    threads = torch.get_num_threads()
+    ratios: list[list[float]] = []
+    spent = 0.0
+    for working_set in CACHE_LADDER_BYTES:
+        if working_set >= 2 * size:
+            break
+        elements = working_set // 2 // source.element_size()
+        src, dst = source[:elements], destination[:elements]
+        repeats = max(1, LADDER_SAMPLE_BYTES // working_set)
+
+        def copies(src: torch.Tensor = src, dst: torch.Tensor = dst, n: int = repeats) -> None:
+            for _ in range(n):
+                dst.copy_(src)
+
+        m = measure(copies, timing, timer, threads=threads)
+        spent += m.device_seconds
+        rate = repeats * float(working_set) / m.median_seconds
+        ratios.append([float(working_set), rate / full_rate])
+    ratios.append([2.0 * size, 1.0])
+    return ratios, spent
 
 
 def fresh_clone(source: torch.Tensor) -> Callable[[], None]:

@@ -55,8 +55,9 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_a_document_from_before_the_cpu_probe_figures_loads(tmp_path: Path) -> None:
     """scaleprobe.calibration/1 documents written before first_touch_seconds_per_byte,
-    tanh_elements_per_second, exp_elements_per_second and cold_host_ratio existed load as they
-    did: the figures absent, the host cost without a cold-cache factor (1)."""
+    tanh_elements_per_second, exp_elements_per_second, cold_host_ratio and
+    bandwidth_ratio_by_working_set existed load as they did: the figures absent, the host cost
+    without a cold-cache factor (1), elementwise kernels at DRAM rates (no ladder)."""
     params = {
         "name": "cpu",
         "kind": "cpu",
@@ -85,4 +86,5 @@ def test_a_document_from_before_the_cpu_probe_figures_loads(tmp_path: Path) -> N
         "tanh_elements_per_second": None,
         "exp_elements_per_second": None,
         "cold_host_ratio": 1.0,
+        "bandwidth_ratio_by_working_set": [],
     }

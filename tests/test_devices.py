@@ -85,11 +85,12 @@ def test_the_cpu_probe_figures_are_optional_and_round_trip() -> None:
             "tanh_elements_per_second",
             "exp_elements_per_second",
             "cold_host_ratio",
+            "bandwidth_ratio_by_working_set",
         )
     }
     loaded = DeviceParams.from_dict(old)
     assert loaded == cpu and loaded.first_touch_seconds_per_byte is None
-    assert loaded.cold_host_ratio == 1.0
+    assert loaded.cold_host_ratio == 1.0 and loaded.bandwidth_ratio_by_working_set == ()
     assert loaded.tanh_elements_per_second is None and loaded.exp_elements_per_second is None
     measured = replace(
         cpu,
@@ -97,6 +98,7 @@ def test_the_cpu_probe_figures_are_optional_and_round_trip() -> None:
         tanh_elements_per_second=6.8e8,
         exp_elements_per_second=1.9e9,
         cold_host_ratio=2.6,
+        bandwidth_ratio_by_working_set=((524288.0, 4.4), (8388608.0, 2.2), (536870912.0, 1.0)),
     )
     assert DeviceParams.from_dict(json.loads(json.dumps(measured.to_dict()))) == measured
 
@@ -122,6 +124,10 @@ def test_compiled_runtime_drops_only_the_host_costs() -> None:
         ({"exp_elements_per_second": "fast"}, "exp_elements_per_second must be a positive"),
         ({"cold_host_ratio": 0.5}, "cold_host_ratio must be at least 1"),
         ({"cold_host_ratio": None}, "cold_host_ratio must be a positive"),
+        ({"bandwidth_ratio_by_working_set": 2.0}, "must be a list of \\[bytes, ratio\\] pairs"),
+        ({"bandwidth_ratio_by_working_set": [[1e6]]}, "each entry must be a \\[bytes, ratio\\]"),
+        ({"bandwidth_ratio_by_working_set": [[1e6, 0]]}, "ratio must be a positive number"),
+        ({"bandwidth_ratio_by_working_set": [[2e6, 3], [1e6, 4]]}, "sizes must rise"),
     ],
 )
 def test_bad_parameters_are_input_errors(change: dict[str, object], message: str) -> None:

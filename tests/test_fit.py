@@ -316,6 +316,9 @@ def test_transfer_scales_by_datasheet_ratios() -> None:
     assert moved.dispatch_seconds == measured.dispatch_seconds
     from_cpu = transfer(cpu(), None, a100)  # a CPU calibration cannot be scaled: datasheet defaults
     assert from_cpu.kind == "gpu" and from_cpu.overlap
+    # a cache ladder describes the source's caches: not carried to another device
+    laddered = replace(measured, bandwidth_ratio_by_working_set=((1e6, 3.0), (1e9, 1.0)))
+    assert transfer(laddered, a10g, a100).bandwidth_ratio_by_working_set == ()
 
 
 NEW_FIGURES = {
@@ -323,11 +326,12 @@ NEW_FIGURES = {
     "tanh_elements_per_second": 6.8e8,
     "exp_elements_per_second": 1.9e9,
 }
+LADDER = [[524288.0, 4.5], [8388608.0, 2.1], [134217728.0, 1.05], [536870912.0, 1.0]]
 
 
 def with_cpu_figures(records: list[dict[str, object]]) -> list[dict[str, object]]:
-    """RECORDS as a current worker writes them: the memory probe's first-touch cost, the compute
-    probe's tanh and exp rates."""
+    """RECORDS as a current worker writes them: the memory probe's first-touch cost and cache
+    ladder, the compute probe's tanh and exp rates."""
     out = []
     for record in records:
         record = dict(record)
@@ -336,6 +340,7 @@ def with_cpu_figures(records: list[dict[str, object]]) -> list[dict[str, object]
                 "fresh_write_bytes": 64 * 1024**2,
                 "fresh_write_bytes_per_second": 5.5e9,
                 "first_touch_seconds_per_byte": NEW_FIGURES["first_touch_seconds_per_byte"],
+                "bandwidth_ratio_by_working_set": LADDER,
             }
         elif record["probe"] == "compute" and record["outcome"] == "ok":
             record["detail"] = {
@@ -353,8 +358,10 @@ def test_records_of_older_workers_have_no_cpu_figures() -> None:
     probes = ProbeResults.from_records(RECORDS)
     assert probes.first_touch_seconds_per_byte is None
     assert probes.tanh_elements_per_second is None and probes.exp_elements_per_second is None
+    assert probes.bandwidth_ratio_by_working_set == ()
     params = cpu()
     assert params.first_touch_seconds_per_byte is None and params.tanh_elements_per_second is None
+    assert params.bandwidth_ratio_by_working_set == ()
 
 
 def test_cpu_figures_are_read_and_calibrated_on_a_cpu_only() -> None:
@@ -362,16 +369,22 @@ def test_cpu_figures_are_read_and_calibrated_on_a_cpu_only() -> None:
     assert probes.first_touch_seconds_per_byte == NEW_FIGURES["first_touch_seconds_per_byte"]
     assert probes.tanh_elements_per_second == NEW_FIGURES["tanh_elements_per_second"]
     assert probes.exp_elements_per_second == NEW_FIGURES["exp_elements_per_second"]
+    assert probes.bandwidth_ratio_by_working_set == tuple(map(tuple, LADDER))
     params = calibrate(probes)
     assert {key: getattr(params, key) for key in NEW_FIGURES} == NEW_FIGURES
+    assert params.bandwidth_ratio_by_working_set == tuple(map(tuple, LADDER))
     gpu = calibrate(probes, kind="gpu", memory_bytes=80 * 1024**3)
     assert all(getattr(gpu, key) is None for key in NEW_FIGURES)
+    assert gpu.bandwidth_ratio_by_working_set == ()
     # garbage is ignored, not trusted
     broken = with_cpu_figures(RECORDS)
     broken[1] = {**broken[1], "detail": {"first_touch_seconds_per_byte": -1.0}}
     broken[0] = {**broken[0], "detail": {"transcendental_elements_per_second": {"tanh": "x"}}}
     probes = ProbeResults.from_records(broken)
     assert probes.first_touch_seconds_per_byte is None and probes.tanh_elements_per_second is None
+    for ladder in ([[1e6, 2.0], [5e5, 3.0]], [[1e6, -2.0]], [[1e6]], "fast", [["1e6", 2.0]]):
+        broken[1] = {**broken[1], "detail": {"bandwidth_ratio_by_working_set": ladder}}
+        assert ProbeResults.from_records(broken).bandwidth_ratio_by_working_set == ()
 
 
 BIGBIRD_GRID = [
@@ -427,7 +440,8 @@ def test_refit_scales_the_first_touch_cost_when_large_points_inform_it() -> None
         0.6 * NEW_FIGURES["first_touch_seconds_per_byte"]
     )
     report = refit(prior, synthetic(truth, BIGBIRD_GRID), PRESETS)
-    assert report.multipliers["first_touch"] == pytest.approx(0.6, rel=0.05)
+    # a MAP estimate: the prior (sigma 0.5 in log) shrinks it a little toward 1 (0.62-0.63 here)
+    assert 0.6 <= report.multipliers["first_touch"] < 0.66
     assert report.multipliers["compute"] == pytest.approx(1.0, abs=0.03)
     assert report.mape_ratio < 0.005
     old = refit(cpu(), synthetic(cpu(), GRID[:3]), PRESETS)

@@ -12,6 +12,7 @@ from scaleprobe.models.costs import forward_cost
 from scaleprobe.models.devices import CATALOG, cpu_params, find_device, params_from_spec
 from scaleprobe.models.predict import (
     FRESH_MAPPING_MIN_BYTES,
+    cache_ratio,
     cold_host_scale,
     kernel_device_seconds,
     max_batch_size,
@@ -244,3 +245,44 @@ def test_cold_caches_scale_host_time_by_how_much_the_products_stream() -> None:
     gpu = params_from_spec(find_device("A10G"))
     assert gpu.cold_host_ratio == 1.0
     assert cold_host_scale(forward_cost(PRESETS["bert-base"], 1, 16, "float16"), gpu) == 1.0
+
+
+MIB = 1024.0**2
+LADDER = ((1 * MIB, 6.0), (4 * MIB, 2.0), (64 * MIB, 2.0), (512 * MIB, 1.0))
+
+
+def test_the_cache_ratio_interpolates_the_ladder_in_log_size() -> None:
+    cached = replace(CPU, bandwidth_ratio_by_working_set=LADDER)
+    assert cache_ratio(64 * MIB, CPU) == 1.0  # no ladder: DRAM rates everywhere
+    for size, ratio in LADDER:
+        assert cache_ratio(size, cached) == ratio
+    assert cache_ratio(2 * MIB, cached) == pytest.approx(4.0)  # halfway from 1 to 4 MiB in log
+    assert cache_ratio(16 * MIB, cached) == 2.0
+    assert cache_ratio(128 * MIB, cached) == pytest.approx(2.0 - 1.0 / 3.0)
+    assert cache_ratio(1.0, cached) == 6.0  # held flat past both ends
+    assert cache_ratio(64 * 1024 * MIB, cached) == 1.0
+
+
+def test_elementwise_kernels_stream_at_their_working_sets_cached_rate() -> None:
+    """With a ladder an elementwise kernel's time is its bytes over ρ·W·ratio(bytes per call);
+    matrix products keep the DRAM figure, and the larger a model's activations the less the
+    caches save."""
+    cached = replace(CPU, bandwidth_ratio_by_working_set=LADDER)
+    cost = forward_cost(PRESETS["bigbird-roberta-base"], 1, 128, "float32")
+    rho_w = CPU.memory_bandwidth_bytes_per_second * CPU.elementwise_bandwidth_ratio
+    checked = set()
+    for kernel in cost.kernels:
+        seconds, _ = kernel_device_seconds(kernel, cached, "float32")
+        if kernel.kind in ("gemm", "attention", "host"):
+            assert seconds == kernel_device_seconds(kernel, CPU, "float32")[0]
+        else:
+            ratio = cache_ratio(kernel.bytes_per_call, cached)
+            assert seconds == pytest.approx(kernel.bytes_moved / (rho_w * ratio))
+            checked.add(kernel.name)
+    assert {"ffn_activation", "attention_softmax", "layer_norm"} <= checked
+    saved = {}
+    for seq in (16, 512):
+        small = forward_cost(PRESETS["bigbird-roberta-base"], 16, seq, "float32")
+        before = time_forward(small, CPU).device_seconds
+        saved[seq] = 1.0 - time_forward(small, cached).device_seconds / before
+    assert saved[16] > saved[512] > 0
