@@ -64,6 +64,23 @@ def test_fit_points_lie_off_the_grid_in_a_latin_design() -> None:
     assert accuracy.fit_points([1], [16], 4) == [(1, 16)]
 
 
+def test_the_what_if_anchor_is_the_slowest_point_without_page_faulting_outputs() -> None:
+    """--two-point-anchor no-first-touch: the slowest point whose outputs all stay under glibc's
+    largest mmap threshold; BERT's 2048-token points qualify (its FFN output is 24 MiB) and the
+    longest of them is the slowest; BigBird's eager scores at 4 × 512 are 48 MiB, so 8 × 256."""
+    from scaleprobe.models.architecture import PRESETS
+    from scaleprobe.models.devices import cpu_params
+
+    accuracy = load("accuracy")
+    params = cpu_params({"float32": 3.8e11}, 2.6e10, 1.3e-6, 16 * 1024**3)
+    batches, seqs = [1, 2, 4, 8, 16], [16, 32, 64, 128, 256, 512]
+    pick = accuracy.anchor_without_first_touch
+    assert pick(PRESETS["bert-base"], params, batches, seqs) == (4, 512)
+    assert pick(PRESETS["bigbird-roberta-base"], params, batches, seqs) == (8, 256)
+    # no point qualifies: the published largest-work point
+    assert pick(PRESETS["bert-base"], params, [16], [512]) == (16, 512)
+
+
 def test_accuracy_quick_run_is_well_formed(accuracy_run: tuple[dict, str]) -> None:
     data, stdout = accuracy_run
     settings = data["settings"]
@@ -116,6 +133,52 @@ def test_rescoring_the_saved_measurements_gives_the_same_tables(
     again = tmp_path / "again.json"
     run("accuracy.py", "--load", str(saved), "--out", str(again))
     assert json.loads(again.read_text())["scores"] == data["scores"]
+
+
+def test_the_cache_ladder_can_be_dropped_or_assumed_when_rescoring(
+    accuracy_run: tuple[dict, str], tmp_path: Path
+) -> None:
+    """--without-cache-ladder scores as if no calibration had measured it; --assume-cache-ladder
+    gives calibrations without one the ladder of another run: on a copy of the run with the
+    ladder stripped, assuming the run's own gives back its tables exactly."""
+    data, _ = accuracy_run
+    memory = next(p for p in data["calibrations"][0]["probes"] if p["probe"] == "memory")
+    assert memory["detail"]["bandwidth_ratio_by_working_set"][-1][1] == 1.0
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps(data))
+    stripped = json.loads(json.dumps(data))
+    for calibration in stripped["calibrations"]:
+        for probe in calibration["probes"]:
+            probe.get("detail", {}).pop("bandwidth_ratio_by_working_set", None)
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps(stripped))
+
+    def scores(*args: str) -> dict:
+        out = tmp_path / "scored.json"
+        run("accuracy.py", *args, "--out", str(out))
+        return json.loads(out.read_text())["scores"]
+
+    without = scores("--load", str(saved), "--without-cache-ladder")
+    assert without == scores("--load", str(bare))
+    assert without["calibration"]["bandwidth_ratio_by_working_set"] == []
+    assert without["accuracy"] != data["scores"]["accuracy"]  # the ladder moves predictions
+    assert scores("--load", str(bare), "--assume-cache-ladder", str(saved)) == data["scores"]
+    anchored = scores("--load", str(saved), "--two-point-anchor", "no-first-touch")
+    assert anchored["fit_points"]["two_point_anchor"] == "no-first-touch"
+    model = data["settings"]["models"][0]
+    assert anchored["accuracy"][model]["two_point"]["fit_points"] == [[2, 16], [1, 16]]
+    for args, message in (
+        (["--assume-cache-ladder", str(bare)], "have no cache ladder"),
+        (["--assume-cache-ladder", str(saved), "--without-cache-ladder"], "contradict"),
+    ):
+        done = subprocess.run(
+            [sys.executable, str(BENCH / "accuracy.py"), "--load", str(saved), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2 and message in done.stderr
+        assert "Traceback" not in done.stderr
 
 
 def test_probe_cost_quick_run_is_well_formed(tmp_path: Path) -> None:
