@@ -29,7 +29,7 @@ versus bfloat16.
     python bench/accuracy.py --quick --out /tmp/accuracy-quick.json   # tiny grid (test suite)
     python bench/accuracy.py --load bench/results/accuracy.json \\
         --assume-cpu-figures 2.84e-10,7.08e8,1.92e9                 # what-if, see below
-    python bench/accuracy.py --load bench/results/accuracy-10.json \
+    python bench/accuracy.py --load bench/results/accuracy-10.json \\
         --assume-cache-ladder bench/results/accuracy-11.json        # what-if, see below
 
 ``--assume-cpu-figures FIRST_TOUCH,TANH,EXP`` re-scores saved data whose calibrations predate the
