@@ -66,6 +66,14 @@ def _si(value: float, unit: str) -> str:
     return f"{value:.3g} {unit}"
 
 
+def _binary(value: float) -> str:
+    """Bytes in KiB/MiB/GiB, e.g. ``512 KiB``."""
+    for factor, prefix in ((1024**3, "GiB"), (1024**2, "MiB"), (1024, "KiB")):
+        if value >= factor:
+            return f"{value / factor:g} {prefix}"
+    return f"{value:g} B"
+
+
 def _percent(value: float | None) -> str:
     return "" if value is None else f"{value * 100:+.1f}%"
 
@@ -88,6 +96,9 @@ def format_report(state: DeviceState, dtype: str) -> str:
         ("GEMM half size", f"{params.gemm_half_size:.0f}"),
         ("elementwise bandwidth", f"{params.elementwise_bandwidth_ratio:.2f} of copy"),
     ]
+    if params.bandwidth_ratio_by_working_set:
+        ladder = params.bandwidth_ratio_by_working_set
+        rows.append(("copy rate in cache", ", ".join(f"{_binary(b)} ×{r:.1f}" for b, r in ladder)))
     if state.history:
         probe = state.history[-1]
         rows.insert(

@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,14 @@ def test_report_text_and_document_agree(tmp_path: Path) -> None:
     )
     first = measured[0]
     assert f"{first.measured.latency_seconds * 1e3:.2f}" in text  # type: ignore[union-attr]
+    # a CPU calibration's cache ladder is listed; without one (this fake worker's) nothing is
+    assert "copy rate in cache" not in text
+    ladder = [[524288.0, 4.4], [8388608.0, 2.1], [536870912.0, 1.0]]
+    laddered = replace(
+        state, calibration={**(state.calibration or {}), "bandwidth_ratio_by_working_set": ladder}
+    )
+    line = next(x for x in format_report(laddered, "float32").splitlines() if "in cache" in x)
+    assert line.split(None, 4)[-1] == "512 KiB ×4.4, 8 MiB ×2.1, 512 MiB ×1.0"
 
 
 def test_progress_bar() -> None:
