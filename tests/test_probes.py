@@ -7,6 +7,7 @@ came from, not against expected speeds (the machine is shared and noisy).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,39 @@ def test_memory_measures_cached_copy_rates_by_working_set_on_the_cpu() -> None:
     record = {"probe": "memory", "outcome": "ok", "value": result.value, "detail": result.detail}
     read = ProbeResults.from_records([record]).bandwidth_ratio_by_working_set
     assert read == tuple((float(w), float(r)) for w, r in ladder)
+
+
+def test_the_ladder_is_each_working_sets_copy_rate_over_the_whole_buffers() -> None:
+    """With a timer that reports 1 ms for every sample, each size's ratio is (repeats × working
+    set / 1 ms) over the whole buffers' rate, repeats making each sample copy 64 MiB; the copies
+    really run, into the leading views of the destination."""
+
+    class OneMillisecond:
+        name = "fake"
+
+        def time(self, fn: Callable[[], object]) -> float:
+            fn()
+            return 1e-3
+
+    mib = 1024**2
+    source = torch.arange(16 * mib // 4, dtype=torch.float32)
+    destination = torch.zeros_like(source)
+    full_seconds = 0.004  # the whole buffers' copy: 32 MiB in 4 ms
+    ratios, spent = memory.cache_ladder(source, destination, full_seconds, QUICK, OneMillisecond())
+    full_rate = 2 * 16 * mib / full_seconds
+    sizes = [w for w in memory.CACHE_LADDER_BYTES if w < 32 * mib]
+    assert [w for w, _ in ratios] == [*sizes, 32 * mib]
+    for (_, ratio), size in zip(ratios, sizes, strict=False):
+        repeats = max(1, memory.LADDER_SAMPLE_BYTES // size)
+        assert ratio == pytest.approx(repeats * size / 1e-3 / full_rate)
+    assert ratios[-1] == [32 * mib, 1.0]
+    # every timed call (warm-ups included) is counted: 1 ms each, within the request's repeats
+    calls = round(spent / 1e-3)
+    assert spent == pytest.approx(calls * 1e-3)
+    per_size = (QUICK.warmup + QUICK.min_repeats, QUICK.warmup + QUICK.max_repeats)
+    assert len(sizes) * per_size[0] <= calls <= len(sizes) * per_size[1]
+    half = sizes[-1] // 2 // 4  # the largest size's copy reached this far
+    assert torch.equal(destination[:half], source[:half]) and destination[half:].eq(0).all()
 
 
 def test_the_ladder_stops_below_a_small_buffers_working_set() -> None:
