@@ -301,31 +301,36 @@ def median_probe_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str,
     return chosen
 
 
-# Set by --assume-cpu-figures (first-touch s/B, tanh and exp elements/s) and --assume-cache-ladder
-# (bandwidth_ratio_by_working_set) for calibrations without them.
+# What-ifs set by main(): figures given to calibrations that lack them (--assume-cpu-figures:
+# first-touch s/B, tanh and exp elements/s; --assume-cache-ladder), and figures every calibration
+# gets whatever it measured (--without-cache-ladder).
 ASSUMED_CPU_FIGURES: dict[str, Any] = {}
-# Set by --without-cache-ladder: score as if no calibration had measured the cache ladder.
-WITHOUT_CACHE_LADDER = False
+FORCED_CPU_FIGURES: dict[str, Any] = {}
 
 
 def params_from(records: Sequence[Mapping[str, Any]]) -> DeviceParams:
     params = fit.calibrate(fit.ProbeResults.from_records(records), kind="cpu")
-    if WITHOUT_CACHE_LADDER:
-        params = dataclasses.replace(params, bandwidth_ratio_by_working_set=())
     missing = {k: v for k, v in ASSUMED_CPU_FIGURES.items() if getattr(params, k) in (None, ())}
-    return dataclasses.replace(params, **missing) if missing else params
+    changes = {**missing, **FORCED_CPU_FIGURES}
+    return dataclasses.replace(params, **changes) if changes else params
+
+
+def calibration_params(data: Mapping[str, Any], dtype: str, threads: int) -> DeviceParams:
+    """The parameters of a saved run's calibrations in one setting: per probe, the median record
+    (:func:`median_probe_records`)."""
+    records = [
+        r
+        for c in data["calibrations"]
+        if c["dtype"] == dtype and c["threads"] == threads
+        for r in c["probes"]
+    ]
+    return params_from(median_probe_records(records))
 
 
 def cache_ladder_of(data: Mapping[str, Any]) -> tuple[tuple[float, float], ...]:
     """The cache ladder of a saved run's main calibrations (float32, its thread count)."""
-    threads = data["settings"]["threads"]
-    records = [
-        r
-        for c in data["calibrations"]
-        if c["dtype"] == "float32" and c["threads"] == threads
-        for r in c["probes"]
-    ]
-    ladder = params_from(median_probe_records(records)).bandwidth_ratio_by_working_set
+    params = calibration_params(data, "float32", data["settings"]["threads"])
+    ladder = params.bandwidth_ratio_by_working_set
     if not ladder:
         raise ValueError("its calibrations have no cache ladder (a run before the probe had one)")
     return ladder
@@ -415,8 +420,7 @@ def score(
         return [c for c in calibrations if c["dtype"] == dtype and c["threads"] == t]
 
     def base(dtype: str, t: int) -> DeviceParams:
-        records = [r for c in calibs(dtype, t) for r in c["probes"]]
-        return params_from(median_probe_records(records))
+        return calibration_params(data, dtype, t)
 
     main = base("float32", threads)
     grid = {
@@ -821,10 +825,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    global WITHOUT_CACHE_LADDER
     args = parse_args(argv)
-    WITHOUT_CACHE_LADDER = args.without_cache_ladder
     ASSUMED_CPU_FIGURES.clear()
+    FORCED_CPU_FIGURES.clear()
+    if args.without_cache_ladder:
+        FORCED_CPU_FIGURES["bandwidth_ratio_by_working_set"] = ()
     if args.assume_cpu_figures:
         names = ("first_touch_seconds_per_byte", "tanh_elements_per_second")
         ASSUMED_CPU_FIGURES.update(
