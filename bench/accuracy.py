@@ -16,7 +16,11 @@ per model and batch size (MAPE of throughput and the worst point):
 - ``refit_k4``, ``refit_k8``: a refit on k measured points of the model placed off the evaluation
   grid (a centred Latin design on log batch × log sequence, rounded to integers; see
   :func:`fit_points`), scored on the whole grid;
-- ``refit_all``: a refit on the whole grid, scored on it (in-sample: the limit of the model form).
+- ``refit_all``: a refit on the whole grid, scored on it (in-sample: the limit of the model form);
+- ``probes_best_scale``: the probes' prediction times the one factor that fits the grid best, a
+  diagnostic (it uses every measurement): the error of the predicted curve's shape. A two-point
+  refit mostly sets that factor from its compute anchor, so its error is about this one plus the
+  anchor's own error from the probes (``anchor_probes_error``, printed under the table).
 
 It also reports the noise floor (the MAPE of the even rounds' medians against the odd rounds': two
 independent sweeps, interleaved in time), the error on encoders not used to fit (refit on
@@ -47,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import math
 import os
 import statistics
@@ -376,29 +381,58 @@ class Scorer:
         ]
         return fit.refit(params, points, self.architectures)
 
+    def errors(
+        self, params: DeviceParams, keys: Sequence[PointKey], exclude: Sequence[PointKey] = ()
+    ) -> dict[PointKey, float]:
+        """The throughput error of each measured key not in ``exclude``."""
+        return {
+            key: self.error(params, key)
+            for key in keys
+            if key not in exclude and key in self.points
+        }
+
     def table(
         self, params: DeviceParams, keys: Sequence[PointKey], exclude: Sequence[PointKey] = ()
     ) -> dict[str, Any]:
         """Per batch size: MAPE and the worst point; plus the overall MAPE."""
-        rows: dict[str, Any] = {}
-        every = []
-        for key in keys:
-            if key in exclude or key not in self.points:
-                continue
-            error = self.error(params, key)
-            every.append(error)
-            row = rows.setdefault(str(key.batch_size), {"errors": []})
-            row["errors"].append((key.seq_len, error))
-        for row in rows.values():
-            errors = row.pop("errors")
-            worst = max(errors, key=lambda e: abs(e[1]))
-            row.update(
-                mape=mape(e for _, e in errors),
-                worst_seq_len=worst[0],
-                worst_error=worst[1],
-                points=len(errors),
-            )
-        return {"by_batch": rows, "mape": mape(every), "points": len(every)}
+        return error_table(self.errors(params, keys, exclude))
+
+
+def error_table(errors: Mapping[PointKey, float]) -> dict[str, Any]:
+    """Per batch size: MAPE and the worst point; plus the overall MAPE."""
+    rows: dict[str, list[tuple[int, float]]] = {}
+    for key, error in errors.items():
+        rows.setdefault(str(key.batch_size), []).append((key.seq_len, error))
+    table: dict[str, Any] = {}
+    for batch, row in rows.items():
+        worst = max(row, key=lambda e: abs(e[1]))
+        table[batch] = {
+            "mape": mape(e for _, e in row),
+            "worst_seq_len": worst[0],
+            "worst_error": worst[1],
+            "points": len(row),
+        }
+    return {"by_batch": table, "mape": mape(errors.values()), "points": len(errors)}
+
+
+def best_scale(errors: Mapping[PointKey, float]) -> tuple[float, dict[PointKey, float]]:
+    """The one factor on predicted throughput that minimises the MAPE of ``errors``, and the
+    errors after it: how far the predicted curve's *shape* is from the measured one, whatever
+    its level. No correction that moves the whole curve by one factor (as a refit on a single
+    compute-dominated point mostly does) can do better.
+
+    With a = 1 + error (measured over predicted throughput), scaling the prediction by c gives
+    errors a/c − 1, and Σ|a·u − 1| (u = 1/c) = Σ a·|u − 1/a| is least at the median of 1/a
+    weighted by a.
+    """
+    if not errors:
+        return 1.0, {}
+    ratios = sorted((1.0 / (1.0 + e), 1.0 + e) for e in errors.values())
+    half = sum(w for _, w in ratios) / 2.0
+    cumulative = itertools.accumulate(w for _, w in ratios)
+    median = next(u for (u, _), total in zip(ratios, cumulative, strict=True) if total >= half)
+    scale = 1.0 / median
+    return scale, {key: (1.0 + e) / scale - 1.0 for key, e in errors.items()}
 
 
 def multipliers_theta(report: fit.FitReport) -> list[float]:
@@ -456,12 +490,17 @@ def score(
         two_keys = [PointKey(model, b, q, "float32", threads) for b, q in two]
         per: dict[str, Any] = {}
         fitted[model] = {"probes": main}
-        per["probes"] = scorer.table(main, keys)
+        probes_errors = scorer.errors(main, keys)
+        per["probes"] = error_table(probes_errors)
+        scale, scaled = best_scale(probes_errors)
+        per["probes_best_scale"] = {**error_table(scaled), "scale": scale}
         report = scorer.refit(main, two_keys)
         fitted[model]["two_point"] = report.params
         per["two_point"] = scorer.table(report.params, keys, exclude=two_keys)
         per["two_point"]["multipliers"] = report.multipliers
         per["two_point"]["fit_points"] = two
+        # the compute anchor's own error from the probes: the refit carries it to every point
+        per["two_point"]["anchor_probes_error"] = probes_errors.get(two_keys[0])
         for k in (4, 8):
             k_keys = [PointKey(model, b, q, "float32", threads) for b, q in k_points[k]]
             report = scorer.refit(main, k_keys)
@@ -639,7 +678,9 @@ def render(data: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
             lines.append("")
         lines.append("| setting | " + " | ".join(f"b={b}" for b in batches) + " | all |")
         lines.append("|---|" + "---|" * (len(batches) + 1))
-        for name in SETTINGS:
+        for name in (*SETTINGS, "probes_best_scale"):
+            if name not in per:  # scores saved before the row existed
+                continue
             table = per[name]["by_batch"]
             cells = []
             for b in batches:
@@ -661,6 +702,15 @@ def render(data: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
                 "| noise floor, two runs | " + " | ".join(cells) + f" | {pct(between['mape'])} |"
             )
         lines.append("")
+        shape = per.get("probes_best_scale")
+        anchor_error = per["two_point"].get("anchor_probes_error")
+        if shape and anchor_error is not None:
+            lines.append(
+                f"probes_best_scale: the probes' curve times {shape['scale']:.3f} (its shape's "
+                f"error); the two-point compute anchor {tuple(anchors[0])} is "
+                f"{100 * anchor_error:+.0f}% off from the probes"
+            )
+            lines.append("")
     spread = scores.get("probes_per_calibration") or []
     if spread:
         lines.append(

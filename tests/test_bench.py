@@ -81,6 +81,23 @@ def test_the_what_if_anchor_is_the_slowest_point_without_page_faulting_outputs()
     assert pick(PRESETS["bert-base"], params, [16], [512]) == (16, 512)
 
 
+def test_best_scale_minimises_the_mape_over_every_factor() -> None:
+    accuracy = load("accuracy")
+    key = accuracy.PointKey
+    uniform = {key("m", b, 16, "float32", 1): 0.10 for b in (1, 2, 4)}
+    scale, scaled = accuracy.best_scale(uniform)
+    assert scale == pytest.approx(1.10)
+    assert all(e == pytest.approx(0.0) for e in scaled.values())
+    rng = __import__("random").Random(7)
+    for _ in range(20):
+        errors = {key("m", b, 16, "float32", 1): rng.uniform(-0.3, 0.4) for b in range(1, 12)}
+        scale, scaled = accuracy.best_scale(errors)
+        best = accuracy.mape(scaled.values())
+        assert scaled == {k: (1 + e) / scale - 1 for k, e in errors.items()}
+        for factor in (0.7 + 0.001 * i for i in range(800)):
+            assert best <= accuracy.mape((1 + e) / factor - 1 for e in errors.values()) + 1e-12
+
+
 def test_accuracy_quick_run_is_well_formed(accuracy_run: tuple[dict, str]) -> None:
     data, stdout = accuracy_run
     settings = data["settings"]
@@ -120,6 +137,11 @@ def test_accuracy_quick_run_is_well_formed(accuracy_run: tuple[dict, str]) -> No
             assert abs(row["worst_error"]) >= row["mape"] - 1e-12
         # the in-sample refit cannot do worse than the prior it starts from, by construction
         assert per["refit_all"]["mape"] <= probes["mape"] + 1e-9
+        # the best single factor cannot do worse than the factor 1
+        shape = per["probes_best_scale"]
+        assert shape["points"] == probes["points"]
+        assert shape["mape"] <= probes["mape"] + 1e-12 and shape["scale"] > 0
+        assert "anchor_probes_error" in per["two_point"]
         assert 0 <= scores["noise_floor"][model]["mape"] < math.inf
     assert "| probes |" in stdout and "| noise floor |" in stdout
 
