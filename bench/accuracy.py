@@ -569,6 +569,16 @@ def score(
             }
         )
     result["probes_per_calibration"] = spread
+    # how fast each round ran: per round, the median over the grid's points of that round's
+    # latency over the point's median (a calibration's probes read the machine at one moment,
+    # a round's forwards over minutes)
+    by_round: dict[int, list[float]] = {}
+    for model in models:
+        for key in grid[model]:
+            point = scorer.points.get(key)
+            for i, r in enumerate(point["rounds"] if point else ()):
+                by_round.setdefault(i, []).append(r["latency_seconds"] / point["latency_seconds"])
+    result["round_latency_ratio"] = [statistics.median(by_round[i]) for i in sorted(by_round)]
 
     # encoders not used to fit: refit on one model's points, predict the others
     source = cross_model(models)
@@ -716,7 +726,20 @@ def render(data: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
         lines.append(
             "probes-only MAPE under each calibration on its own: "
             + ", ".join(pct(c.get("mape")) for c in spread if "mape" in c)
+            + " (compute probe "
+            + ", ".join(
+                f"{c['compute_flops_per_second'] / 1e9:.0f}"
+                for c in spread
+                if c.get("compute_flops_per_second")
+            )
+            + " GFLOP/s)"
         )
+        rounds = scores.get("round_latency_ratio")
+        if rounds:
+            lines.append(
+                "each round's latencies over the points' medians (median over the grid): "
+                + ", ".join(f"{r:.3f}" for r in rounds)
+            )
         lines.append("")
     other = scores.get("other_encoders") or {}
     if other.get("targets"):

@@ -143,6 +143,11 @@ def test_accuracy_quick_run_is_well_formed(accuracy_run: tuple[dict, str]) -> No
         assert shape["mape"] <= probes["mape"] + 1e-12 and shape["scale"] > 0
         assert "anchor_probes_error" in per["two_point"]
         assert 0 <= scores["noise_floor"][model]["mape"] < math.inf
+    # one ratio per round; with the quick run's two rounds a point's median is the mean of its
+    # two, so the rounds' ratios sum to 2 at every point, and so do their medians over the grid
+    ratios = scores["round_latency_ratio"]
+    assert settings["rounds"] == 2 and len(ratios) == 2
+    assert sum(ratios) == pytest.approx(2.0)
     assert "| probes |" in stdout and "| noise floor |" in stdout
 
 
