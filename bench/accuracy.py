@@ -19,8 +19,8 @@ per model and batch size (MAPE of throughput and the worst point):
 - ``refit_all``: a refit on the whole grid, scored on it (in-sample: the limit of the model form);
 - ``probes_best_scale``: the probes' prediction times the one factor that fits the grid best, a
   diagnostic (it uses every measurement): the error of the predicted curve's shape. A two-point
-  refit mostly sets that factor from its compute anchor, so its error is about this one plus the
-  anchor's own error from the probes (``anchor_probes_error``, printed under the table).
+  refit sets the level from its two anchors, so its error is about this one plus the
+  anchors' own errors from the probes (``anchor_probes_errors``, printed under the table).
 
 It also reports the noise floor (the MAPE of the even rounds' medians against the odd rounds': two
 independent sweeps, interleaved in time), the error on encoders not used to fit (refit on
@@ -499,8 +499,9 @@ def score(
         per["two_point"] = scorer.table(report.params, keys, exclude=two_keys)
         per["two_point"]["multipliers"] = report.multipliers
         per["two_point"]["fit_points"] = two
-        # the compute anchor's own error from the probes: the refit carries it to every point
-        per["two_point"]["anchor_probes_error"] = probes_errors.get(two_keys[0])
+        # the anchors' own errors from the probes (compute, then memory-dominated): the refit
+        # carries them to every point
+        per["two_point"]["anchor_probes_errors"] = [probes_errors.get(k) for k in two_keys]
         for k in (4, 8):
             k_keys = [PointKey(model, b, q, "float32", threads) for b, q in k_points[k]]
             report = scorer.refit(main, k_keys)
@@ -713,12 +714,15 @@ def render(data: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
             )
         lines.append("")
         shape = per.get("probes_best_scale")
-        anchor_error = per["two_point"].get("anchor_probes_error")
-        if shape and anchor_error is not None:
+        anchor_errors = per["two_point"].get("anchor_probes_errors")
+        if shape and anchor_errors and None not in anchor_errors:
             lines.append(
                 f"probes_best_scale: the probes' curve times {shape['scale']:.3f} (its shape's "
-                f"error); the two-point compute anchor {tuple(anchors[0])} is "
-                f"{100 * anchor_error:+.0f}% off from the probes"
+                "error); the two-point anchors' own errors from the probes: "
+                + ", ".join(
+                    f"{tuple(point)} {100 * error:+.0f}%"
+                    for point, error in zip(anchors, anchor_errors, strict=True)
+                )
             )
             lines.append("")
     spread = scores.get("probes_per_calibration") or []

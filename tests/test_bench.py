@@ -128,6 +128,9 @@ def test_accuracy_quick_run_is_well_formed(accuracy_run: tuple[dict, str]) -> No
     assert params.tanh_elements_per_second == rates["tanh"]
 
     scores = data["scores"]
+    accuracy = load("accuracy")
+    scorer = accuracy.Scorer(data)
+    probes_params = accuracy.calibration_params(data, "float32", settings["threads"])
     for model in settings["models"]:
         per = scores["accuracy"][model]
         probes = per["probes"]
@@ -141,7 +144,14 @@ def test_accuracy_quick_run_is_well_formed(accuracy_run: tuple[dict, str]) -> No
         shape = per["probes_best_scale"]
         assert shape["points"] == probes["points"]
         assert shape["mape"] <= probes["mape"] + 1e-12 and shape["scale"] > 0
-        assert "anchor_probes_error" in per["two_point"]
+        # the anchors' errors are the probes' errors at the two fitted points
+        anchors = [
+            accuracy.PointKey(model, b, q, "float32", settings["threads"])
+            for b, q in per["two_point"]["fit_points"]
+        ]
+        assert per["two_point"]["anchor_probes_errors"] == [
+            scorer.error(probes_params, key) for key in anchors
+        ]
         assert 0 <= scores["noise_floor"][model]["mape"] < math.inf
     # one ratio per round; with the quick run's two rounds a point's median is the mean of its
     # two, so the rounds' ratios sum to 2 at every point, and so do their medians over the grid
