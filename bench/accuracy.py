@@ -418,8 +418,7 @@ def error_table(errors: Mapping[PointKey, float]) -> dict[str, Any]:
 def best_scale(errors: Mapping[PointKey, float]) -> tuple[float, dict[PointKey, float]]:
     """The one factor on predicted throughput that minimises the MAPE of ``errors``, and the
     errors after it: how far the predicted curve's *shape* is from the measured one, whatever
-    its level. No correction that moves the whole curve by one factor (as a refit on a single
-    compute-dominated point mostly does) can do better.
+    its level. No correction that moves the whole curve by one factor can do better.
 
     With a = 1 + error (measured over predicted throughput), scaling the prediction by c gives
     errors a/c − 1, and Σ|a·u − 1| (u = 1/c) = Σ a·|u − 1/a| is least at the median of 1/a
@@ -690,8 +689,6 @@ def render(data: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
         lines.append("| setting | " + " | ".join(f"b={b}" for b in batches) + " | all |")
         lines.append("|---|" + "---|" * (len(batches) + 1))
         for name in (*SETTINGS, "probes_best_scale"):
-            if name not in per:  # scores saved before the row existed
-                continue
             table = per[name]["by_batch"]
             cells = []
             for b in batches:
@@ -713,9 +710,9 @@ def render(data: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
                 "| noise floor, two runs | " + " | ".join(cells) + f" | {pct(between['mape'])} |"
             )
         lines.append("")
-        shape = per.get("probes_best_scale")
-        anchor_errors = per["two_point"].get("anchor_probes_errors")
-        if shape and anchor_errors and None not in anchor_errors:
+        shape = per["probes_best_scale"]
+        anchor_errors = per["two_point"]["anchor_probes_errors"]
+        if None not in anchor_errors:  # both anchors measured
             lines.append(
                 f"probes_best_scale: the probes' curve times {shape['scale']:.3f} (its shape's "
                 "error); the two-point anchors' own errors from the probes: "
@@ -738,12 +735,10 @@ def render(data: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
             )
             + " GFLOP/s)"
         )
-        rounds = scores.get("round_latency_ratio")
-        if rounds:
-            lines.append(
-                "each round's latencies over the points' medians (median over the grid): "
-                + ", ".join(f"{r:.3f}" for r in rounds)
-            )
+        lines.append(
+            "each round's latencies over the points' medians (median over the grid): "
+            + ", ".join(f"{r:.3f}" for r in scores["round_latency_ratio"])
+        )
         lines.append("")
     other = scores.get("other_encoders") or {}
     if other.get("targets"):

@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import json
 import math
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +89,7 @@ def test_best_scale_minimises_the_mape_over_every_factor() -> None:
     scale, scaled = accuracy.best_scale(uniform)
     assert scale == pytest.approx(1.10)
     assert all(e == pytest.approx(0.0) for e in scaled.values())
-    rng = __import__("random").Random(7)
+    rng = random.Random(7)
     for _ in range(20):
         errors = {key("m", b, 16, "float32", 1): rng.uniform(-0.3, 0.4) for b in range(1, 12)}
         scale, scaled = accuracy.best_scale(errors)
