@@ -14,15 +14,20 @@ sample a loop of at least 2·128³ FLOP so a clock read is negligible), reported
 ``detail["rates_by_size"]``: transformer layers at small batch × sequence run products far below
 the peak rate, and the performance model calibrates its small-GEMM efficiency from these.
 
-On the CPU it also times a batch-1 linear layer as a forward runs it
-(``detail["streamed_product"]``): 16 rows × 768 → 768 against each of a stack of distinct weight
-matrices that together hold twice the last-level cache (at least 64 MiB), each used once per
-pass, so every product reads its weights from memory as a forward's layers do. A small square
-product reuses operands that sit in the cache and runs much nearer the peak (here 128³ ran at
-0.98 of it at one thread where a forward's 16-row layers ran at 0.55): the streamed product is
-what pins the model's GEMM curve (x½ = 16 · (peak/rate − 1): 12–13 at one thread, 28–35 at two
-here; a hot 128³ said 3 and 15). On a GPU such a product is bound by memory, which the model
-charges separately, so it is not measured there.
+On the CPU it also times an encoder layer's linear layers at batch 1 as a forward runs them
+(``detail["streamed_product"]``): 16 rows through a stack of 768-wide layers that together hold
+twice the last-level cache (at least 64 MiB), each layer's four 768 → 768 products (queries,
+keys, values, output), then its FFN's 768 → 3072 and 3072 → 768, every weight matrix distinct
+and used once per pass, so every product reads its weights from memory as a forward's layers
+do (``rates_by_shape`` breaks the rate down by shape). A small square product reuses operands
+that sit in the cache and runs much nearer the peak (here 128³ ran at 0.98 of it at one thread
+where a forward's 16-row layers ran at 0.55): the streamed product is what pins the model's GEMM
+curve (x½ = 16 · (peak/rate − 1)). Why the FFN's shapes too: streamed from memory on this
+machine, at one thread they ran at 36–41 GFLOP/s where 768 → 768 ran at 43–46 (two threads:
+82–84 against 78), so the square shape alone left batch-1 forwards a few percent too fast at one
+thread. The stack must be larger than the cache for every shape: stacks of 85 MiB per shape
+read 15–20% faster than 256 MiB ones here. On a GPU such a product is bound by memory, which the
+model charges separately, so it is not measured there.
 
 On the CPU it also times ``tanh`` and ``exp`` over a cache-resident tensor into an existing
 output (``detail["transcendental_elements_per_second"]``, elements per second): they are
@@ -48,12 +53,18 @@ GPU_SIZE = 8192
 CPU_SIZE = 2048
 GPU_SMALL_SIZES = (512, 1024, 2048)
 CPU_SMALL_SIZES = (128, 512)
-# The streamed product (CPU): a batch-1 linear layer's shape, m × k times k × n, and the least
-# weight memory it cycles through (twice the last-level cache when that is larger), up to the
-# most: an encoder's weights are a few hundred MB, so a larger stack measures nothing a forward
-# sees, and a VM's /sys may report the whole host's L3 (480 MiB on one of our machines, where
-# copies of 128 MiB and of 1 GiB ran at the same bandwidth).
-STREAMED_SHAPE = (16, 768, 768)
+# The streamed product (CPU): a base encoder layer's linear layers at batch 1, (m, n, k) for
+# m × k times k × n (the weight n × k, as nn.Linear stores it), and how many of each a layer
+# runs; and the least weight memory its stack of layers cycles through (twice the last-level
+# cache when that is larger), up to the most: an encoder's weights are a few hundred MB, so a
+# larger stack measures nothing a forward sees, and a VM's /sys may report the whole host's L3
+# (480 MiB on one of our machines, where copies of 128 MiB and of 1 GiB ran at the same
+# bandwidth).
+STREAMED_SHAPES = ((16, 768, 768), (16, 3072, 768), (16, 768, 3072))
+STREAMED_CALLS = (4, 1, 1)  # per layer: queries, keys, values, output; FFN up; FFN down
+LAYER_WEIGHT_ELEMENTS = sum(
+    calls * n * k for (_, n, k), calls in zip(STREAMED_SHAPES, STREAMED_CALLS, strict=True)
+)
 STREAMED_MIN_WEIGHT_BYTES = 64 * 1024**2
 STREAMED_MAX_WEIGHT_BYTES = 256 * 1024**2
 # Small products are timed in loops so one sample is long enough to read a clock around it.
@@ -95,13 +106,12 @@ def _rate(
     return 2.0 * n**3 * loops / measurement.median_seconds, measurement
 
 
-def streamed_weight_count(llc_bytes: int, dtype: str, memory_cap_bytes: int) -> int:
-    """How many distinct n×k weight matrices the streamed product cycles through: twice the
+def streamed_layer_count(llc_bytes: int, dtype: str, memory_cap_bytes: int) -> int:
+    """How many distinct encoder layers' weights the streamed product cycles through: twice the
     last-level cache (at least ``STREAMED_MIN_WEIGHT_BYTES``, at most
     ``STREAMED_MAX_WEIGHT_BYTES``), within half the memory cap."""
-    _, n, k = STREAMED_SHAPE
     wanted = min(max(2 * llc_bytes, STREAMED_MIN_WEIGHT_BYTES), STREAMED_MAX_WEIGHT_BYTES)
-    return min(wanted, memory_cap_bytes // 2) // (n * k * dtype_bytes(dtype))
+    return min(wanted, memory_cap_bytes // 2) // (LAYER_WEIGHT_ELEMENTS * dtype_bytes(dtype))
 
 
 def streamed_rate(
@@ -111,37 +121,64 @@ def streamed_rate(
     threads: int,
     clock: Callable[[], float],
     llc_bytes: int,
-) -> tuple[dict[str, float], Measurement] | None:
-    """FLOP/s of ``STREAMED_SHAPE`` products whose weights come from memory, one weight matrix
-    after the other as a forward's layers use them (transposed, as ``nn.Linear`` stores them).
+) -> tuple[dict[str, object], Measurement] | None:
+    """FLOP/s of an encoder layer's batch-1 products whose weights come from memory: one pass
+    runs, layer after layer of a stack, ``STREAMED_CALLS`` products of each of
+    ``STREAMED_SHAPES``, every weight matrix distinct and transposed as ``nn.Linear`` stores it,
+    as a forward does. Also each shape's rate, from host-clock reads around its products (the
+    measurement is CPU-only).
 
-    None when the memory cap leaves room for fewer than two matrices (the weights would stay
-    in the cache).
+    None when the memory cap leaves room for fewer than two layers (the weights would stay in
+    the cache).
     """
-    m, n, k = STREAMED_SHAPE
-    count = streamed_weight_count(llc_bytes, request.dtype, request.memory_cap_bytes)
-    if count < 2:
+    layers = streamed_layer_count(llc_bytes, request.dtype, request.memory_cap_bytes)
+    if layers < 2:
         return None
     dtype = torch_dtype(request.dtype)
-    # one random matrix copied: the values do not change the time, and filling 64 MiB with
-    # randn would cost more than the measurement
-    weights = torch.randn(n, k, dtype=dtype, device=request.device).expand(count, n, k).clone()
-    x = torch.randn(m, k, dtype=dtype, device=request.device)
-    out = torch.empty(m, n, dtype=dtype, device=request.device)
+    # one buffer holds every layer's weights; the values do not change the time, and filling
+    # 256 MiB with randn would cost more than the measurement
+    one_layer = torch.randn(LAYER_WEIGHT_ELEMENTS, dtype=dtype, device=request.device)
+    weights = one_layer.repeat(layers)
+    inputs = [torch.randn(m, k, dtype=dtype, device=request.device) for m, _, k in STREAMED_SHAPES]
+    outputs = [torch.empty(m, n, dtype=dtype, device=request.device) for m, n, _ in STREAMED_SHAPES]
+    products = []  # (shape index, weight view) in a forward's order
+    offset = 0
+    for _ in range(layers):
+        for index, ((_, n, k), calls) in enumerate(
+            zip(STREAMED_SHAPES, STREAMED_CALLS, strict=True)
+        ):
+            for _ in range(calls):
+                products.append((index, weights[offset : offset + n * k].view(n, k)))
+                offset += n * k
+    shape_seconds = [0.0] * len(STREAMED_SHAPES)
 
-    def products() -> None:
-        for i in range(count):
-            torch.mm(x, weights[i].t(), out=out)
+    def layer_pass() -> None:
+        for index, weight in products:
+            started = time.perf_counter()
+            torch.mm(inputs[index], weight.t(), out=outputs[index])
+            shape_seconds[index] += time.perf_counter() - started
 
-    measurement = measure(products, timing, timer, clock=clock, threads=threads)
-    rate = 2.0 * m * n * k * count / measurement.median_seconds
-    detail = {
-        "m": m,
-        "n": n,
-        "k": k,
-        "weights_bytes": count * n * k * dtype_bytes(request.dtype),
-        "flops_per_second": rate,
+    measurement = measure(layer_pass, timing, timer, clock=clock, threads=threads)
+    passes = timing.warmup + len(measurement.samples_seconds)
+    by_shape = [
+        {"m": m, "n": n, "k": k, "flops_per_second": 2.0 * m * n * k * calls * layers * passes / s}
+        for (m, n, k), calls, s in zip(STREAMED_SHAPES, STREAMED_CALLS, shape_seconds, strict=True)
+        if s > 0  # a timer that did not run the work (tests) leaves no breakdown
+    ]
+    rows, width, _ = STREAMED_SHAPES[0]
+    layer_flops = 2.0 * rows * LAYER_WEIGHT_ELEMENTS * layers
+    detail: dict[str, object] = {
+        # the layer's width; the model reads m, the rows of every product
+        "m": rows,
+        "n": width,
+        "k": width,
+        "layers": layers,
+        "weights_bytes": offset * dtype_bytes(request.dtype),
+        "flops_per_second": layer_flops / measurement.median_seconds,
     }
+    if len(by_shape) == len(STREAMED_SHAPES):
+        # over every pass, the warm-up's too: a breakdown of the figure, not the figure
+        detail["rates_by_shape"] = by_shape
     return detail, measurement
 
 

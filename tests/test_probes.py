@@ -37,6 +37,14 @@ class PacedTimer:
         return self.seconds_per_call
 
 
+class RunningPacedTimer(PacedTimer):
+    """A paced timer that runs the work too."""
+
+    def time(self, fn: Callable[[], object]) -> float:  # type: ignore[override]
+        fn()
+        return super().time(fn)
+
+
 QUICK = TimingRequest(warmup=1, min_repeats=3, max_repeats=10, budget_seconds=0.05)
 TINY_BERT = {
     "model_type": "bert",
@@ -65,8 +73,16 @@ def test_compute_rate_is_flops_over_the_median_sample() -> None:
     assert result.to_dict()["device_seconds"] > result.measurement.device_seconds  # small ones too
     assert all(row["flops_per_second"] > 0 for row in result.detail["rates_by_size"])
     streamed = result.detail["streamed_product"]
-    assert (streamed["m"], streamed["n"], streamed["k"]) == compute.STREAMED_SHAPE
-    assert streamed["weights_bytes"] >= compute.STREAMED_MIN_WEIGHT_BYTES
+    assert (streamed["m"], streamed["n"], streamed["k"]) == compute.STREAMED_SHAPES[0]
+    # whole layers of 12 × 768² weights: the largest stack under 64 MiB (this CPU's LLC × 2 is
+    # larger, so up to 256 MiB)
+    layer_bytes = compute.LAYER_WEIGHT_ELEMENTS * 4
+    assert compute.LAYER_WEIGHT_ELEMENTS == 12 * 768 * 768
+    assert streamed["weights_bytes"] == streamed["layers"] * layer_bytes
+    assert streamed["layers"] >= compute.STREAMED_MIN_WEIGHT_BYTES // layer_bytes
+    shapes = [(r["m"], r["n"], r["k"]) for r in streamed["rates_by_shape"]]
+    assert shapes == list(compute.STREAMED_SHAPES)
+    assert all(0 < r["flops_per_second"] < 1e14 for r in streamed["rates_by_shape"])
     assert 0 < streamed["flops_per_second"] < 1e14
     assert result.measurement.threads == torch.get_num_threads()
     entry = result.to_dict()
@@ -129,25 +145,55 @@ def test_compute_sizes_itself_under_the_memory_cap() -> None:
     result = compute.run(ProbeRequest(memory_cap_bytes=cap, timing=QUICK))
     assert 3 * result.detail["n"] ** 2 * dtype_bytes("float32") <= cap
     assert all(row["n"] <= 512 for row in result.detail["rates_by_size"])
-    # no room for two 768 × 768 weight matrices: they would stay in the cache, so not measured
+    # no room for two layers' weights: they would stay in the cache, so not measured
     assert "streamed_product" not in result.detail
 
 
 def test_streamed_product_cycles_through_twice_the_last_level_cache() -> None:
-    matrix = 768 * 768 * 4
+    """Whole layers of 768-wide weights (four 768 × 768 matrices and the FFN's two 768 × 3072
+    ones: 27 MiB in float32)."""
+    layers = compute.streamed_layer_count
+    layer = 12 * 768 * 768 * 4
     big_cap = 2 * 1024**3
-    assert compute.streamed_weight_count(32 * 1024**2, "float32", big_cap) == 64 * 1024**2 // matrix
-    assert compute.streamed_weight_count(8 * 1024**2, "float32", big_cap) == 28  # 64 MiB at least
-    assert (
-        compute.streamed_weight_count(100 * 1024**2, "float32", big_cap) == 200 * 1024**2 // matrix
-    )
+    assert layers(32 * 1024**2, "float32", big_cap) == 64 * 1024**2 // layer == 2
+    assert layers(8 * 1024**2, "float32", big_cap) == 2  # 64 MiB at least
+    assert layers(100 * 1024**2, "float32", big_cap) == 200 * 1024**2 // layer == 7
     # at most 256 MiB however large the cache claims to be (a VM's /sys may show the host's L3)
-    assert (
-        compute.streamed_weight_count(480 * 1024**2, "float32", big_cap) == 256 * 1024**2 // matrix
-    )
-    assert compute.streamed_weight_count(32 * 1024**2, "bfloat16", big_cap) == 56
+    assert layers(480 * 1024**2, "float32", big_cap) == 256 * 1024**2 // layer == 9
+    assert layers(32 * 1024**2, "bfloat16", big_cap) == 4
     # within half the memory cap
-    assert compute.streamed_weight_count(32 * 1024**2, "float32", 8 * matrix) == 4
+    assert layers(32 * 1024**2, "float32", 3 * layer) == 1
+
+
+def test_streamed_product_runs_a_forwards_products_and_breaks_the_rate_down_by_shape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One pass: layer after layer, four 768 → 768 products, then 768 → 3072, then 3072 → 768;
+    the rate is the pass's FLOPs over the median pass, and each shape's rate its FLOPs over the
+    host time spent in its products."""
+    clock = FakeClock()
+    timing = TimingRequest(warmup=1, min_repeats=3, max_repeats=3, budget_seconds=0.0)
+    calls: list[tuple[int, int, int]] = []
+    real_mm = torch.mm
+
+    def mm(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        calls.append((x.shape[0], w.shape[1], w.shape[0]))
+        return real_mm(x, w, out=out)
+
+    monkeypatch.setattr(torch, "mm", mm)
+    timer = RunningPacedTimer(clock, seconds_per_call=0.5)
+    streamed = compute.streamed_rate(ProbeRequest(timing=timing), timer, timing, 1, clock, 0)
+    monkeypatch.undo()
+    assert streamed is not None
+    detail, measurement = streamed
+    layers = detail["layers"]
+    assert layers == 2  # 64 MiB at least, with a 0-byte cache
+    one_layer = [(16, 768, 768)] * 4 + [(16, 3072, 768), (16, 768, 3072)]
+    assert calls == one_layer * layers * 4  # the warm-up's pass and three samples'
+    flops = 2 * 16 * compute.LAYER_WEIGHT_ELEMENTS * layers
+    assert detail["flops_per_second"] == pytest.approx(flops / 0.5)
+    assert measurement.samples_seconds == (0.5, 0.5, 0.5)
+    assert [r["m"] for r in detail["rates_by_shape"]] == [16, 16, 16]
 
 
 def test_compute_runs_in_bfloat16() -> None:
