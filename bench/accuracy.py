@@ -307,13 +307,32 @@ def median_probe_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str,
 
 
 # What-ifs set by main(): figures given to calibrations that lack them (--assume-cpu-figures:
-# first-touch s/B, tanh and exp elements/s; --assume-cache-ladder), and figures every calibration
-# gets whatever it measured (--without-cache-ladder).
+# first-touch s/B, tanh and exp elements/s; --assume-cache-ladder), figures every calibration
+# gets whatever it measured (--without-cache-ladder), and the probe readings to score with
+# (--streamed-square).
 ASSUMED_CPU_FIGURES: dict[str, Any] = {}
 FORCED_CPU_FIGURES: dict[str, Any] = {}
+READINGS: dict[str, bool] = {"streamed_square": False}
+
+
+def square_streamed_product(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A compute record whose streamed product is its 768 → 768 products' rate alone (the shape
+    the probe streamed before it streamed whole encoder layers); other records as they are, and
+    so are compute records of the older probe (no ``rates_by_shape``)."""
+    detail = record.get("detail")
+    product = detail.get("streamed_product") if isinstance(detail, Mapping) else None
+    if record.get("probe") != "compute" or not isinstance(product, Mapping):
+        return record
+    shapes = product.get("rates_by_shape")
+    if not shapes:
+        return record
+    square = {**product, "flops_per_second": shapes[0]["flops_per_second"]}
+    return {**record, "detail": {**detail, "streamed_product": square}}
 
 
 def params_from(records: Sequence[Mapping[str, Any]]) -> DeviceParams:
+    if READINGS["streamed_square"]:
+        records = [square_streamed_product(r) for r in records]
     params = fit.calibrate(fit.ProbeResults.from_records(records), kind="cpu")
     missing = {k: v for k, v in ASSUMED_CPU_FIGURES.items() if getattr(params, k) in (None, ())}
     changes = {**missing, **FORCED_CPU_FIGURES}
@@ -858,6 +877,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="score as if no calibration had measured the cache ladder (what it is worth)",
     )
+    parser.add_argument(
+        "--streamed-square",
+        action="store_true",
+        help="score with the streamed product's 768 -> 768 products alone, the compute probe's "
+        "rule before it streamed whole encoder layers (runs from accuracy-15 on)",
+    )
     parser.add_argument("--no-cross", dest="cross", action="store_false", default=None)
     parser.add_argument("--no-tiny", dest="tiny", action="store_false", default=None)
     args = parser.parse_args(argv)
@@ -900,6 +925,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     ASSUMED_CPU_FIGURES.clear()
     FORCED_CPU_FIGURES.clear()
+    READINGS["streamed_square"] = args.streamed_square
     if args.without_cache_ladder:
         FORCED_CPU_FIGURES["bandwidth_ratio_by_working_set"] = ()
     if args.assume_cpu_figures:

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from scaleprobe.models.fit import NEAR_PEAK_RATIO
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -97,6 +98,36 @@ def test_best_scale_minimises_the_mape_over_every_factor() -> None:
         assert scaled == {k: (1 + e) / scale - 1 for k, e in errors.items()}
         for factor in (0.7 + 0.001 * i for i in range(800)):
             assert best <= accuracy.mape((1 + e) / factor - 1 for e in errors.values()) + 1e-12
+
+
+def test_the_square_what_if_scores_with_the_first_shape_of_the_streamed_product(
+    accuracy_run: tuple[dict, str],
+) -> None:
+    """--streamed-square: the x½ of a calibration comes from the 768 → 768 rate alone."""
+    accuracy = load("accuracy")
+    data, _ = accuracy_run
+    records = data["calibrations"][0]["probes"]
+    (compute,) = [r for r in records if r["probe"] == "compute"]
+    product = compute["detail"]["streamed_product"]
+    square = accuracy.square_streamed_product(compute)
+    assert (
+        square["detail"]["streamed_product"]["flops_per_second"]
+        == product["rates_by_shape"][0]["flops_per_second"]
+    )
+    assert compute["detail"]["streamed_product"] is product  # the record itself is left alone
+    memory = next(r for r in records if r["probe"] == "memory")
+    assert accuracy.square_streamed_product(memory) is memory
+    older = {**compute, "detail": {**compute["detail"], "streamed_product": {"m": 16}}}
+    assert accuracy.square_streamed_product(older) is older
+    peak = accuracy.params_from(records).compute_flops_per_second["float32"]
+    try:
+        accuracy.READINGS["streamed_square"] = True
+        half = accuracy.params_from(records).gemm_half_size
+    finally:
+        accuracy.READINGS["streamed_square"] = False
+    rate = product["rates_by_shape"][0]["flops_per_second"]
+    floor = 1 / NEAR_PEAK_RATIO - 1  # the least deficit the probe resolves
+    assert half == pytest.approx(16 * max(peak / rate - 1, floor), rel=1e-9)
 
 
 def test_accuracy_quick_run_is_well_formed(accuracy_run: tuple[dict, str]) -> None:
