@@ -88,7 +88,7 @@ from scaleprobe.models.architecture import (
 from scaleprobe.models.costs import forward_cost
 from scaleprobe.models.devices import DeviceParams
 from scaleprobe.models.errors import InputError
-from scaleprobe.models.predict import FRESH_MAPPING_MIN_BYTES, predict, time_forward
+from scaleprobe.models.predict import fresh_mapped_bytes, predict, time_forward
 
 SCHEMA = "scaleprobe.bench.accuracy/1"
 DEFAULT_MODELS = ("distilbert-base", "bert-base", "bigbird-roberta-base")
@@ -146,8 +146,7 @@ def anchor_without_first_touch(
     for b in batch_sizes:
         for q in seq_lens:
             cost = forward_cost(arch, b, q, "float32")
-            outputs = (x for k in cost.kernels for x in k.fresh_output_bytes)
-            if all(x < FRESH_MAPPING_MIN_BYTES for x in outputs):
+            if not any(fresh_mapped_bytes(k) for k in cost.kernels):
                 candidates.append((time_forward(cost, params).latency_seconds, b, q))
     if not candidates:
         return two_points(batch_sizes, seq_lens)[0]
@@ -701,8 +700,8 @@ def render(data: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
         noise = scores["noise_floor"].get(model, {})
         lines.append(f"**{model}**: MAPE of throughput per batch size (worst point: seq, error)")
         lines.append("")
-        anchors = per["two_point"].get("fit_points")
-        if scores.get("fit_points", {}).get("two_point_anchor", "largest-work") != "largest-work":
+        anchors = per["two_point"]["fit_points"]
+        if scores["fit_points"]["two_point_anchor"] != "largest-work":
             lines.append(f"two_point fitted on {anchors} (batch, seq)")
             lines.append("")
         lines.append("| setting | " + " | ".join(f"b={b}" for b in batches) + " | all |")

@@ -147,7 +147,7 @@ def page_faults(points: Sequence[tuple[str, int, int]] = FAULT_POINTS, repeats: 
 
     import torch
     from scaleprobe.models.costs import forward_cost
-    from scaleprobe.models.predict import FRESH_MAPPING_MIN_BYTES
+    from scaleprobe.models.predict import fresh_mapped_bytes
     from transformers import AutoConfig, AutoModel
 
     lines = [
@@ -174,9 +174,7 @@ def page_faults(points: Sequence[tuple[str, int, int]] = FAULT_POINTS, repeats: 
         columns = zip(*samples, strict=True)
         seconds, system, faulted = (statistics.median(column) for column in columns)
         cost = forward_cost(PRESETS[name], b, s, "float32")
-        charged = sum(
-            x for k in cost.kernels for x in k.fresh_output_bytes if x >= FRESH_MAPPING_MIN_BYTES
-        )
+        charged = sum(fresh_mapped_bytes(k) for k in cost.kernels)
         lines.append(
             f"| {name} {b}×{s} | {seconds:.2f} | {system:.2f} | "
             f"{faulted / 1e6:.0f} | {charged / 1e6:.0f} |"

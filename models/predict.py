@@ -109,6 +109,12 @@ def cache_ratio(working_set_bytes: float, params: DeviceParams) -> float:
     return ladder[-1][1]
 
 
+def fresh_mapped_bytes(kernel: Kernel) -> float:
+    """Bytes of the kernel's fresh outputs large enough (``FRESH_MAPPING_MIN_BYTES``) for glibc to
+    map them anew, so that they page-fault on every forward."""
+    return sum(b for b in kernel.fresh_output_bytes if b >= FRESH_MAPPING_MIN_BYTES)
+
+
 def first_touch_seconds(kernel: Kernel, params: DeviceParams) -> float:
     """Page faults on the kernel's large fresh outputs (CPU with a measured cost, else 0).
 
@@ -117,7 +123,7 @@ def first_touch_seconds(kernel: Kernel, params: DeviceParams) -> float:
     cost = params.first_touch_seconds_per_byte
     if params.kind != "cpu" or not cost:
         return 0.0
-    return cost * sum(b for b in kernel.fresh_output_bytes if b >= FRESH_MAPPING_MIN_BYTES)
+    return cost * fresh_mapped_bytes(kernel)
 
 
 def transcendental_seconds(kernel: Kernel, params: DeviceParams) -> float:

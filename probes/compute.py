@@ -152,6 +152,7 @@ def streamed_rate(
                 offset += n * k
     shape_seconds = [0.0] * len(STREAMED_SHAPES)
 
+    # The breakdown's clock reads sit inside the timed pass: 20 µs a pass of 27 ms here (0.07%).
     def layer_pass() -> None:
         for index, weight in products:
             started = time.perf_counter()
