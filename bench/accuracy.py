@@ -307,11 +307,13 @@ def median_probe_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str,
 
 # What-ifs set by main(): figures given to calibrations that lack them (--assume-cpu-figures:
 # first-touch s/B, tanh and exp elements/s; --assume-cache-ladder), figures every calibration
-# gets whatever it measured (--without-cache-ladder), and the probe readings to score with
-# (--streamed-square).
+# gets whatever it measured (--without-cache-ladder, --first-touch-from-one-thread), the probe
+# readings to score with (--streamed-square) and a factor on the first-touch figure
+# (--first-touch-scale).
 ASSUMED_CPU_FIGURES: dict[str, Any] = {}
 FORCED_CPU_FIGURES: dict[str, Any] = {}
 READINGS: dict[str, bool] = {"streamed_square": False}
+FIRST_TOUCH_SCALE: dict[str, float] = {"factor": 1.0}
 
 
 def square_streamed_product(record: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -335,7 +337,27 @@ def params_from(records: Sequence[Mapping[str, Any]]) -> DeviceParams:
     params = fit.calibrate(fit.ProbeResults.from_records(records), kind="cpu")
     missing = {k: v for k, v in ASSUMED_CPU_FIGURES.items() if getattr(params, k) in (None, ())}
     changes = {**missing, **FORCED_CPU_FIGURES}
-    return dataclasses.replace(params, **changes) if changes else params
+    params = dataclasses.replace(params, **changes) if changes else params
+    factor, first_touch = FIRST_TOUCH_SCALE["factor"], params.first_touch_seconds_per_byte
+    if factor != 1.0 and first_touch is not None:
+        params = dataclasses.replace(params, first_touch_seconds_per_byte=first_touch * factor)
+    return params
+
+
+def one_thread_first_touch(data: Mapping[str, Any]) -> float:
+    """The median first-touch figure of a saved run's one-thread float32 calibrations."""
+    figures = [
+        r["detail"]["first_touch_seconds_per_byte"]
+        for c in data["calibrations"]
+        if c["dtype"] == "float32" and c["threads"] == 1
+        for r in c["probes"]
+        if r.get("probe") == "memory"
+        and isinstance(r.get("detail"), Mapping)
+        and r["detail"].get("first_touch_seconds_per_byte") is not None
+    ]
+    if not figures:
+        raise InputError("the run has no one-thread calibration with a first-touch figure")
+    return statistics.median(figures)
 
 
 def calibration_params(data: Mapping[str, Any], dtype: str, threads: int) -> DeviceParams:
@@ -882,6 +904,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="score with the streamed product's 768 -> 768 products alone, the compute probe's "
         "rule before it streamed whole encoder layers (runs from accuracy-15 on)",
     )
+    parser.add_argument(
+        "--first-touch-scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="score with every calibration's first-touch figure times F (a what-if: the price "
+        "a forward's page faults pay at two threads is about 0.75 x the probe's one-thread "
+        "figure here, BENCHMARKS.md)",
+    )
+    parser.add_argument(
+        "--first-touch-from-one-thread",
+        action="store_true",
+        help="score with the first-touch figure of the run's one-thread calibrations (runs whose "
+        "probe timed it at torch's thread count: accuracy-16)",
+    )
     parser.add_argument("--no-cross", dest="cross", action="store_false", default=None)
     parser.add_argument("--no-tiny", dest="tiny", action="store_false", default=None)
     args = parser.parse_args(argv)
@@ -910,6 +947,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         len(args.assume_cpu_figures) != 3 or min(args.assume_cpu_figures) <= 0
     ):
         parser.error("--assume-cpu-figures takes three positive numbers: FT,TANH,EXP")
+    if not args.first_touch_scale > 0:
+        parser.error(f"--first-touch-scale must be a positive number, got {args.first_touch_scale}")
+    if args.first_touch_from_one_thread and not args.load:
+        parser.error("--first-touch-from-one-thread re-scores a saved run: give --load FILE.json")
     if args.assume_cache_ladder is not None and args.without_cache_ladder:
         parser.error("--assume-cache-ladder and --without-cache-ladder contradict each other")
     if args.assume_cache_ladder is not None:
@@ -925,6 +966,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ASSUMED_CPU_FIGURES.clear()
     FORCED_CPU_FIGURES.clear()
     READINGS["streamed_square"] = args.streamed_square
+    FIRST_TOUCH_SCALE["factor"] = args.first_touch_scale
     if args.without_cache_ladder:
         FORCED_CPU_FIGURES["bandwidth_ratio_by_working_set"] = ()
     if args.assume_cpu_figures:
@@ -935,6 +977,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.assume_cache_ladder:
         ASSUMED_CPU_FIGURES["bandwidth_ratio_by_working_set"] = args.assume_cache_ladder
     data = read_json(args.load) if args.load else measure(args)
+    if args.first_touch_from_one_thread:
+        try:
+            FORCED_CPU_FIGURES["first_touch_seconds_per_byte"] = one_thread_first_touch(data)
+        except (InputError, KeyError, TypeError) as error:
+            print(f"accuracy: --first-touch-from-one-thread: {error}", file=sys.stderr)
+            return 2
     if args.noise_against:
         data["other_run_points"] = read_json(args.noise_against)["points"]
     scores = score(data, args.stat, args.two_point_anchor)

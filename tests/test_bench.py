@@ -250,6 +250,112 @@ def test_the_cache_ladder_can_be_dropped_or_assumed_when_rescoring(
         assert "Traceback" not in done.stderr
 
 
+def test_the_first_touch_what_ifs_rescore_with_another_first_touch_figure(
+    accuracy_run: tuple[dict, str], tmp_path: Path
+) -> None:
+    """--first-touch-scale multiplies the calibrations' first-touch figure; --first-touch-from-
+    one-thread replaces it by the run's one-thread calibrations' (median); both refuse what
+    they cannot do with exit 2 and a message."""
+    data, _ = accuracy_run
+    measured = data["scores"]["calibration"]["first_touch_seconds_per_byte"]
+    assert measured is not None and measured >= 0
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps(data))
+    with_one_thread = json.loads(json.dumps(data))
+    one_thread = json.loads(json.dumps(data["calibrations"][0]))
+    one_thread["threads"] = 1
+    memory = next(p for p in one_thread["probes"] if p["probe"] == "memory")
+    memory["detail"]["first_touch_seconds_per_byte"] = 3.0e-10 + 2 * measured
+    with_one_thread["calibrations"].append(one_thread)
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps(with_one_thread))
+
+    def scores(*args: str) -> dict:
+        out = tmp_path / "scored.json"
+        run("accuracy.py", *args, "--out", str(out))
+        return json.loads(out.read_text())["scores"]
+
+    def first_touch(scored: dict) -> float:
+        return scored["calibration"]["first_touch_seconds_per_byte"]
+
+    assert first_touch(scores("--load", str(saved), "--first-touch-scale", "0.5")) == (
+        pytest.approx(0.5 * measured, rel=1e-12)
+    )
+    replaced = scores("--load", str(both), "--first-touch-from-one-thread")
+    assert first_touch(replaced) == pytest.approx(3.0e-10 + 2 * measured, rel=1e-12)
+    scaled = scores(
+        "--load", str(both), "--first-touch-from-one-thread", "--first-touch-scale", "0.5"
+    )
+    assert first_touch(scaled) == pytest.approx(0.5 * (3.0e-10 + 2 * measured), rel=1e-12)
+    for args, message in (
+        (["--load", str(saved), "--first-touch-from-one-thread"], "no one-thread calibration"),
+        (["--load", str(saved), "--first-touch-scale", "0"], "positive number"),
+        (["--first-touch-from-one-thread"], "give --load"),
+    ):
+        done = subprocess.run(
+            [sys.executable, str(BENCH / "accuracy.py"), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr
+
+
+def test_first_touch_threads_quick_run_is_well_formed(tmp_path: Path) -> None:
+    """One process per condition, each measuring the probe's fresh-write figure at 2, 2 and 1
+    threads; the report lists every figure; --load prints the same report."""
+    out = tmp_path / "first_touch_threads.json"
+    done = run("first_touch_threads.py", "--quick", "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["schema"] == "scaleprobe.bench.first_touch_threads/1"
+    assert data["hold_gb"] == 0.2
+    for condition in ("alone", "holding"):
+        (figures,) = data["conditions"][condition]
+        assert [f["threads"] for f in figures] == [2, 2, 1]
+        for f in figures:
+            assert 0.0 <= f["first_touch_seconds_per_byte"] < 1e-8
+            assert f["clone_samples"] >= 1
+            assert f"{1e9 * f['first_touch_seconds_per_byte']:.3f}" in done.stdout
+    assert run("first_touch_threads.py", "--load", str(out)).stdout == done.stdout
+
+
+def test_linear_curve_quick_run_is_well_formed(tmp_path: Path) -> None:
+    """One shape at two row counts against the curve of a calibration run just before; every
+    ratio in the report is the measured rate over the curve of the saved calibration; --load
+    prints the same; an accuracy run that cannot be read is refused with exit 2."""
+    linear_curve = load("linear_curve")
+    out = tmp_path / "linear_curve.json"
+    done = run("linear_curve.py", "--quick", "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["schema"] == "scaleprobe.bench.linear_curve/1"
+    assert [(e["in_features"], e["out_features"], e["rows"]) for e in data["measured"]] == [
+        (768, 768, 16),
+        (768, 768, 64),
+    ]
+    params = linear_curve.params_of(data)
+    for entry in data["measured"]:
+        rate = entry["flops_per_second"]
+        assert 1e8 < rate < 1e14
+        ratio = rate / linear_curve.curve(params, entry["rows"])
+        assert f"{rate / 1e9:.0f} ({ratio:.2f})" in done.stdout
+    assert run("linear_curve.py", "--load", str(out)).stdout == done.stdout
+    refused = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "linear_curve.py"),
+            "--quick",
+            "--calibration-from",
+            str(tmp_path / "missing.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2 and "missing.json" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_probe_cost_quick_run_is_well_formed(tmp_path: Path) -> None:
     out = tmp_path / "probe_cost.json"
     done = run("probe_cost.py", "--quick", "--out", str(out))

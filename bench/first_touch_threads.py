@@ -1,0 +1,203 @@
+"""What writing fresh memory costs at one and at two threads, and what that figure depends on.
+
+The memory probe times its fresh-write clone (``probes.memory``: a copy into a new anonymous
+mapping against a copy into an existing buffer, fastest sample) on one torch thread, while a
+forward at two threads faults its outputs in on both. This script measures the figure the way
+the probe does, at each thread count, in fresh processes (as the daemon's worker is), so a user
+can see whether the two-thread figure is a property of the device or of the moment:
+
+- ``alone``: nothing else holds memory;
+- ``holding``: another process holds ``--hold-gb`` GB of touched memory (idle), as an inference
+  server next to the daemon does.
+
+Each child process first allocates and copies the memory probe's own two buffers (as the probe
+does before its clone), then measures the sequence ``MEASUREMENTS`` (two threads, two threads
+again, one thread), each with the probe's clone size and timing budget; ``--pause`` seconds pass
+between child processes.
+
+    python bench/first_touch_threads.py --out bench/results/first_touch_threads.json   # ~2 min
+    python bench/first_touch_threads.py --load bench/results/first_touch_threads.json
+    python bench/first_touch_threads.py --quick                                         # tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine, read_json, stderr_log, write_json
+
+SCHEMA = "scaleprobe.bench.first_touch_threads/1"
+# torch threads of each measurement in one child process, in order
+MEASUREMENTS = (2, 2, 1)
+HOLDER_READY_TIMEOUT_SECONDS = 120.0
+CHILD_TIMEOUT_SECONDS = 300.0
+# copies of the probe's whole buffers before the clone (memory.run times several)
+BUFFER_COPIES = 5
+
+
+def child(threads_sequence: Sequence[int]) -> list[dict[str, float]]:
+    """In this process: the probe's fresh-write figures at each thread count, in order."""
+    import torch
+    from scaleprobe.probes import memory
+    from scaleprobe.probes.device import cpu_llc_bytes, default_timer
+    from scaleprobe.probes.registry import probe_timing
+    from scaleprobe.probes.request import ProbeRequest
+    from scaleprobe.probes.timing import measure
+
+    timer = default_timer("cpu")
+    timing = probe_timing("memory", "cpu").scaled(memory.FRESH_WRITE_SHARE / 2)
+    # the probe's own buffers first, copied a few times, as memory.run does before its clone
+    size = memory.buffer_bytes(cpu_llc_bytes()[0], ProbeRequest().memory_cap_bytes)
+    buffer = torch.ones(size // 4)
+    other = torch.empty_like(buffer)
+    for _ in range(BUFFER_COPIES):
+        other.copy_(buffer)
+    elements = memory.FRESH_WRITE_BYTES // 4
+    source, destination = buffer[:elements], other[:elements]
+    figures = []
+    for threads in threads_sequence:
+        torch.set_num_threads(threads)
+        copy = measure(lambda: destination.copy_(source), timing, timer, threads=threads)
+        clone = measure(memory.fresh_clone(source), timing, timer, threads=threads)
+        copy_rate = 2.0 * memory.FRESH_WRITE_BYTES / min(copy.samples_seconds)
+        result = memory.fresh_write_figures(
+            min(clone.samples_seconds), memory.FRESH_WRITE_BYTES, copy_rate
+        )
+        figures.append(
+            {
+                "threads": threads,
+                "first_touch_seconds_per_byte": result["first_touch_seconds_per_byte"],
+                "clone_samples": len(clone.samples_seconds),
+            }
+        )
+    return figures
+
+
+def run_child() -> list[dict[str, float]]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", ",".join(str(t) for t in MEASUREMENTS)],
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT_SECONDS,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"child process failed: {done.stderr[-2000:]}")
+    figures: list[dict[str, float]] = json.loads(done.stdout)
+    return figures
+
+
+def start_holder(gigabytes: float) -> subprocess.Popen[str]:
+    """A process that touches ``gigabytes`` GB (``torch.ones`` at torch's default threads, as a
+    server fills its tensors), says so on stdout, and then sleeps."""
+    code = (
+        "import sys, time, torch; a = torch.ones(int(float(sys.argv[1]) * 1e9 / 4)); "
+        "print('ready', flush=True); time.sleep(3600)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(gigabytes)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    started = time.monotonic()
+    line = holder.stdout.readline()
+    if line.strip() != "ready" or time.monotonic() - started > HOLDER_READY_TIMEOUT_SECONDS:
+        holder.kill()
+        raise RuntimeError(f"the memory holder did not start (said {line!r})")
+    return holder
+
+
+def measure_all(repeats: int, hold_gb: float, pause_seconds: float) -> dict[str, Any]:
+    conditions: dict[str, list[list[dict[str, float]]]] = {"alone": [], "holding": []}
+
+    def children(condition: str) -> None:
+        for index in range(repeats):
+            conditions[condition].append(run_child())
+            stderr_log(f"{condition} {index + 1}/{repeats}")
+            time.sleep(pause_seconds)
+
+    children("alone")
+    holder = start_holder(hold_gb)
+    try:
+        children("holding")
+    finally:
+        holder.kill()
+        holder.wait()
+    return {
+        "schema": SCHEMA,
+        "machine": machine(),
+        "measurements": list(MEASUREMENTS),
+        "hold_gb": hold_gb,
+        "pause_seconds": pause_seconds,
+        "conditions": conditions,
+    }
+
+
+def report(data: dict[str, Any]) -> str:
+    labels = []
+    seen: dict[int, int] = {}
+    for threads in data["measurements"]:
+        seen[threads] = seen.get(threads, 0) + 1
+        labels.append(f"{threads} thread{'s' if threads > 1 else ''} (#{seen[threads]})")
+    lines = [
+        "first touch, ns per byte (fastest sample of each measurement; one row per process)",
+        "",
+        f"| condition | {' | '.join(labels)} |",
+        f"|---|{'---|' * len(labels)}",
+    ]
+    for condition, processes in data["conditions"].items():
+        name = condition if condition == "alone" else f"another process holds {data['hold_gb']} GB"
+        for figures in processes:
+            cells = [f"{1e9 * f['first_touch_seconds_per_byte']:.3f}" for f in figures]
+            lines.append(f"| {name} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", metavar="FILE.json", help="write the figures here")
+    parser.add_argument("--load", metavar="FILE.json", help="print a saved run")
+    parser.add_argument("--repeats", type=int, default=6, help="processes per condition (6)")
+    parser.add_argument("--hold-gb", type=float, default=3.0, help="GB the other process holds (3)")
+    parser.add_argument(
+        "--pause", type=float, default=3.0, help="seconds between child processes (3)"
+    )
+    parser.add_argument("--quick", action="store_true", help="1 process each, 0.2 GB held")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child([int(t) for t in args.child.split(",")])))
+        return 0
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if not args.pause >= 0:
+        parser.error(f"--pause must be 0 or more seconds, got {args.pause}")
+    if not args.hold_gb > 0:
+        parser.error(f"--hold-gb must be a positive number, got {args.hold_gb}")
+    if args.load:
+        try:
+            data = read_json(args.load)
+        except (OSError, ValueError) as error:
+            parser.error(f"--load {args.load}: {error}")
+    else:
+        if args.quick:
+            data = measure_all(1, 0.2, 0.0)
+        else:
+            data = measure_all(args.repeats, args.hold_gb, args.pause)
+    if args.out:
+        write_json(args.out, data)
+    print(report(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
