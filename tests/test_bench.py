@@ -44,6 +44,13 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def rescore(tmp_path: Path, *args: str) -> dict:
+    """The scores ``accuracy.py`` writes with ``args`` (a saved run and what-ifs)."""
+    out = tmp_path / "scored.json"
+    run("accuracy.py", *args, "--out", str(out))
+    return json.loads(out.read_text())["scores"]
+
+
 @pytest.fixture(scope="module")
 def accuracy_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("bench") / "accuracy.json"
@@ -222,17 +229,15 @@ def test_the_cache_ladder_can_be_dropped_or_assumed_when_rescoring(
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps(stripped))
 
-    def scores(*args: str) -> dict:
-        out = tmp_path / "scored.json"
-        run("accuracy.py", *args, "--out", str(out))
-        return json.loads(out.read_text())["scores"]
-
-    without = scores("--load", str(saved), "--without-cache-ladder")
-    assert without == scores("--load", str(bare))
+    without = rescore(tmp_path, "--load", str(saved), "--without-cache-ladder")
+    assert without == rescore(tmp_path, "--load", str(bare))
     assert without["calibration"]["bandwidth_ratio_by_working_set"] == []
     assert without["accuracy"] != data["scores"]["accuracy"]  # the ladder moves predictions
-    assert scores("--load", str(bare), "--assume-cache-ladder", str(saved)) == data["scores"]
-    anchored = scores("--load", str(saved), "--two-point-anchor", "no-first-touch")
+    assert (
+        rescore(tmp_path, "--load", str(bare), "--assume-cache-ladder", str(saved))
+        == data["scores"]
+    )
+    anchored = rescore(tmp_path, "--load", str(saved), "--two-point-anchor", "no-first-touch")
     assert anchored["fit_points"]["two_point_anchor"] == "no-first-touch"
     model = data["settings"]["models"][0]
     assert anchored["accuracy"][model]["two_point"]["fit_points"] == [[2, 16], [1, 16]]
@@ -270,21 +275,16 @@ def test_the_first_touch_what_ifs_rescore_with_another_first_touch_figure(
     both = tmp_path / "both.json"
     both.write_text(json.dumps(with_one_thread))
 
-    def scores(*args: str) -> dict:
-        out = tmp_path / "scored.json"
-        run("accuracy.py", *args, "--out", str(out))
-        return json.loads(out.read_text())["scores"]
-
     def first_touch(scored: dict) -> float:
         return scored["calibration"]["first_touch_seconds_per_byte"]
 
-    assert first_touch(scores("--load", str(saved), "--first-touch-scale", "0.5")) == (
+    assert first_touch(rescore(tmp_path, "--load", str(saved), "--first-touch-scale", "0.5")) == (
         pytest.approx(0.5 * measured, rel=1e-12)
     )
-    replaced = scores("--load", str(both), "--first-touch-from-one-thread")
+    replaced = rescore(tmp_path, "--load", str(both), "--first-touch-from-one-thread")
     assert first_touch(replaced) == pytest.approx(3.0e-10 + 2 * measured, rel=1e-12)
-    scaled = scores(
-        "--load", str(both), "--first-touch-from-one-thread", "--first-touch-scale", "0.5"
+    scaled = rescore(
+        tmp_path, "--load", str(both), "--first-touch-from-one-thread", "--first-touch-scale", "0.5"
     )
     assert first_touch(scaled) == pytest.approx(0.5 * (3.0e-10 + 2 * measured), rel=1e-12)
     for args, message in (
