@@ -45,13 +45,13 @@ BUFFER_COPIES = 5
 
 
 def child(threads_sequence: Sequence[int]) -> list[dict[str, float]]:
-    """In this process: the probe's fresh-write figures at each thread count, in order."""
+    """In this process: the probe's fresh-write figure (``probes.memory.first_touch``) at each
+    thread count, in order."""
     import torch
     from scaleprobe.probes import memory
     from scaleprobe.probes.device import cpu_llc_bytes, default_timer
     from scaleprobe.probes.registry import probe_timing
     from scaleprobe.probes.request import ProbeRequest
-    from scaleprobe.probes.timing import measure
 
     timer = default_timer("cpu")
     timing = probe_timing("memory", "cpu").scaled(memory.FRESH_WRITE_SHARE / 2)
@@ -65,18 +65,11 @@ def child(threads_sequence: Sequence[int]) -> list[dict[str, float]]:
     source, destination = buffer[:elements], other[:elements]
     figures = []
     for threads in threads_sequence:
-        torch.set_num_threads(threads)
-        copy = measure(lambda: destination.copy_(source), timing, timer, threads=threads)
-        clone = measure(memory.fresh_clone(source), timing, timer, threads=threads)
-        copy_rate = 2.0 * memory.FRESH_WRITE_BYTES / min(copy.samples_seconds)
-        result = memory.fresh_write_figures(
-            min(clone.samples_seconds), memory.FRESH_WRITE_BYTES, copy_rate
-        )
+        result, _ = memory.first_touch(source, destination, timing, timer, threads=threads)
         figures.append(
             {
-                "threads": threads,
+                "threads": result["fresh_write_threads"],
                 "first_touch_seconds_per_byte": result["first_touch_seconds_per_byte"],
-                "clone_samples": len(clone.samples_seconds),
             }
         )
     return figures

@@ -203,24 +203,29 @@ def fresh_clone(source: torch.Tensor) -> Callable[[], None]:
 
 
 def first_touch(
-    source: torch.Tensor, destination: torch.Tensor, timing: TimingRequest, timer: Timer
+    source: torch.Tensor,
+    destination: torch.Tensor,
+    timing: TimingRequest,
+    timer: Timer,
+    threads: int = 1,
 ) -> tuple[dict[str, Any], float]:
     """Fresh-write figures from a copy of ``source`` into fresh memory (:func:`fresh_clone`)
-    against ``destination.copy_(source)``, both on one torch thread (restored after), each by its
-    fastest sample; and the device seconds spent."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    against ``destination.copy_(source)``, both on ``threads`` torch threads (the probe: one;
+    the caller's count is restored after), each by its fastest sample; and the device seconds
+    spent."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        copy = measure(lambda: destination.copy_(source), timing, timer, threads=1)
-        clone = measure(fresh_clone(source), timing, timer, threads=1)
+        copy = measure(lambda: destination.copy_(source), timing, timer, threads=threads)
+        clone = measure(fresh_clone(source), timing, timer, threads=threads)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(previous)
     size = source.numel() * source.element_size()
     copy_rate = 2.0 * size / min(copy.samples_seconds)
     figures: dict[str, Any] = {
         **fresh_write_figures(min(clone.samples_seconds), size, copy_rate),
         "fresh_write_copy_bytes_per_second": copy_rate,
-        "fresh_write_threads": 1,
+        "fresh_write_threads": threads,
     }
     return figures, copy.device_seconds + clone.device_seconds
 

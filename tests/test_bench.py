@@ -315,7 +315,6 @@ def test_first_touch_threads_quick_run_is_well_formed(tmp_path: Path) -> None:
         assert [f["threads"] for f in figures] == [2, 2, 1]
         for f in figures:
             assert 0.0 <= f["first_touch_seconds_per_byte"] < 1e-8
-            assert f["clone_samples"] >= 1
             assert f"{1e9 * f['first_touch_seconds_per_byte']:.3f}" in done.stdout
     assert run("first_touch_threads.py", "--load", str(out)).stdout == done.stdout
 
