@@ -355,6 +355,43 @@ def test_linear_curve_quick_run_is_well_formed(tmp_path: Path) -> None:
     assert "Traceback" not in refused.stderr
 
 
+def test_fresh_worker_times_every_grid_point_of_the_saved_run(
+    accuracy_run: tuple[dict, str], tmp_path: Path
+) -> None:
+    """Against the quick accuracy run: every grid point of its model timed in a fresh worker per
+    round; the report sets each fresh median beside the saved latency; --load prints the same;
+    a model the run does not have is refused with exit 2."""
+    data, _ = accuracy_run
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps(data))
+    out = tmp_path / "fresh_worker.json"
+    model = data["settings"]["models"][0]
+    done = run(
+        "fresh_worker.py", "--against", str(saved), "--model", model, "--rounds", "1",
+        "--out", str(out),
+    )  # fmt: skip
+    fresh = json.loads(out.read_text())
+    assert fresh["schema"] == "scaleprobe.bench.fresh_worker/1"
+    settings = data["settings"]
+    grid = [(b, q) for b in settings["batch_sizes"] for q in settings["seq_lens"]]
+    assert [(p["batch_size"], p["seq_len"]) for p in fresh["points"]] == grid
+    swept = {(p["batch_size"], p["seq_len"]): p["latency_seconds"] for p in data["points"]}
+    for point in fresh["points"]:
+        (latency,) = point["latencies_seconds"]
+        assert 0 < latency < 60
+        ratio = latency / swept[(point["batch_size"], point["seq_len"])]
+        assert f"{1e3 * latency:.1f} | {ratio:.3f} |" in done.stdout
+    assert run("fresh_worker.py", "--load", str(out)).stdout == done.stdout
+    refused = subprocess.run(
+        [sys.executable, str(BENCH / "fresh_worker.py"), "--against", str(saved), "--model", "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2 and "has no model 'x'" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_probe_cost_quick_run_is_well_formed(tmp_path: Path) -> None:
     out = tmp_path / "probe_cost.json"
     done = run("probe_cost.py", "--quick", "--out", str(out))
