@@ -292,17 +292,22 @@ def median_probe_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str,
     for entries in by_probe.values():
         ordered = sorted(entries, key=lambda r: r["value"])
         record = dict(ordered[(len(ordered) - 1) // 2])
-        figures = [
-            e["detail"]["first_touch_seconds_per_byte"]
-            for e in entries
-            if isinstance(e.get("detail"), Mapping)
-            and e["detail"].get("first_touch_seconds_per_byte") is not None
-        ]
-        if figures:
-            first_touch = statistics.median(figures)
+        first_touch = median_first_touch(entries)
+        if first_touch is not None:
             record["detail"] = {**record["detail"], "first_touch_seconds_per_byte": first_touch}
         chosen.append(record)
     return chosen
+
+
+def median_first_touch(records: Sequence[Mapping[str, Any]]) -> float | None:
+    """The median of the records' first-touch figures (memory probe, CPU); None without any."""
+    figures = [
+        r["detail"]["first_touch_seconds_per_byte"]
+        for r in records
+        if isinstance(r.get("detail"), Mapping)
+        and r["detail"].get("first_touch_seconds_per_byte") is not None
+    ]
+    return statistics.median(figures) if figures else None
 
 
 # What-ifs set by main(): figures given to calibrations that lack them (--assume-cpu-figures:
@@ -346,30 +351,26 @@ def params_from(records: Sequence[Mapping[str, Any]]) -> DeviceParams:
 
 def one_thread_first_touch(data: Mapping[str, Any]) -> float:
     """The median first-touch figure of a saved run's one-thread float32 calibrations."""
-    figures = [
-        r["detail"]["first_touch_seconds_per_byte"]
-        for c in data["calibrations"]
-        if c["dtype"] == "float32" and c["threads"] == 1
-        for r in c["probes"]
-        if r.get("probe") == "memory"
-        and isinstance(r.get("detail"), Mapping)
-        and r["detail"].get("first_touch_seconds_per_byte") is not None
-    ]
-    if not figures:
+    figure = median_first_touch(setting_records(data, "float32", 1))
+    if figure is None:
         raise InputError("the run has no one-thread calibration with a first-touch figure")
-    return statistics.median(figures)
+    return figure
 
 
-def calibration_params(data: Mapping[str, Any], dtype: str, threads: int) -> DeviceParams:
-    """The parameters of a saved run's calibrations in one setting: per probe, the median record
-    (:func:`median_probe_records`)."""
-    records = [
+def setting_records(data: Mapping[str, Any], dtype: str, threads: int) -> list[Mapping[str, Any]]:
+    """Every probe record of a saved run's calibrations in one setting."""
+    return [
         r
         for c in data["calibrations"]
         if c["dtype"] == dtype and c["threads"] == threads
         for r in c["probes"]
     ]
-    return params_from(median_probe_records(records))
+
+
+def calibration_params(data: Mapping[str, Any], dtype: str, threads: int) -> DeviceParams:
+    """The parameters of a saved run's calibrations in one setting: per probe, the median record
+    (:func:`median_probe_records`)."""
+    return params_from(median_probe_records(setting_records(data, dtype, threads)))
 
 
 def cache_ladder_of(data: Mapping[str, Any]) -> tuple[tuple[float, float], ...]:

@@ -47,14 +47,8 @@ def grid_keys(against: dict[str, Any], model: str) -> list[PointKey]:
     ]
 
 
-def fresh_latency(against: dict[str, Any], key: PointKey) -> float:
-    """The latency a fresh worker measures for one point, as a daemon cycle would."""
-    config = default_config(devices=("cpu",))
-    point = cycle.PlannedPoint(key.model, key.batch_size, key.seq_len)
-    request = cycle.build_request(
-        config, "cpu", "float32", [point], architectures_of(against), calibrate=False
-    )
-    request["budget_seconds"] = 1e9
+def fresh_latency(request: dict[str, Any], key: PointKey) -> float:
+    """The latency a fresh worker measures for one point of ``request`` (a daemon cycle's)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(key.threads)}
     outcome = supervisor.run_worker(request, timeout_seconds=WORKER_TIMEOUT_SECONDS, env=env)
     result = outcome.result
@@ -67,12 +61,20 @@ def fresh_latency(against: dict[str, Any], key: PointKey) -> float:
 def measure(against_path: str, model: str, rounds: int, seed: int) -> dict[str, Any]:
     against = read_json(against_path)
     keys = grid_keys(against, model)
+    config, architectures = default_config(devices=("cpu",)), architectures_of(against)
+    requests = {}
+    for key in keys:
+        point = cycle.PlannedPoint(key.model, key.batch_size, key.seq_len)
+        request = cycle.build_request(
+            config, "cpu", "float32", [point], architectures, calibrate=False
+        )
+        requests[key] = {**request, "budget_seconds": 1e9}
     latencies: dict[PointKey, list[float]] = {key: [] for key in keys}
     order = list(keys)
     for index in range(rounds):
         random.Random(seed + index).shuffle(order)
         for key in order:
-            latencies[key].append(fresh_latency(against, key))
+            latencies[key].append(fresh_latency(requests[key], key))
         stderr_log(f"round {index + 1}/{rounds} done")
     return {
         "schema": SCHEMA,

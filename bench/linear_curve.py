@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import calibration_params, params_from
 from common import calibration, machine, read_json, stderr_log, write_json
 from scaleprobe.models.devices import DeviceParams
+from scaleprobe.models.predict import gemm_rate
 
 SCHEMA = "scaleprobe.bench.linear_curve/1"
 SHAPES = ((768, 768), (768, 3072), (3072, 768))  # (in features, out features)
@@ -36,11 +37,6 @@ ROWS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 STACK_BYTES = 256 * 1024**2  # as the compute probe's streamed product
 SAMPLE_FLOPS = 2e10  # per timed sample, so that small products still take ~0.1 s
 SAMPLES = 3
-
-
-def curve(params: DeviceParams, rows: int) -> float:
-    """The model's rate for a float32 product whose smallest dimension is ``rows``."""
-    return params.rate("float32") * rows / (rows + params.gemm_half_size)
 
 
 def measure_rates(shapes: Sequence[tuple[int, int]], rows: Sequence[int]) -> list[dict[str, Any]]:
@@ -86,7 +82,7 @@ def report(data: dict[str, Any], params: DeviceParams) -> str:
         cells = []
         for entry in data["measured"]:
             if (entry["in_features"], entry["out_features"]) == (in_features, out_features):
-                ratio = entry["flops_per_second"] / curve(params, entry["rows"])
+                ratio = entry["flops_per_second"] / gemm_rate(params, "float32", entry["rows"])
                 cells.append(f"{entry['flops_per_second'] / 1e9:.0f} ({ratio:.2f})")
         lines.append(f"| {in_features} → {out_features} | " + " | ".join(cells) + " |")
     lines.append("")

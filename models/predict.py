@@ -74,9 +74,7 @@ def kernel_device_seconds(kernel: Kernel, params: DeviceParams, dtype: str) -> t
     calls = kernel.calls
     floor = params.kernel_floor_seconds * calls
     if kernel.kind in MATRIX_KINDS and kernel.gemm is not None:
-        size = float(min(kernel.gemm[1:]))
-        efficiency = size / (size + params.gemm_half_size)
-        compute = kernel.flops / (params.rate(dtype) * efficiency)
+        compute = kernel.flops / gemm_rate(params, dtype, min(kernel.gemm[1:]))
         memory = kernel.bytes_moved / params.memory_bandwidth_bytes_per_second
         return max(compute, memory) + floor + first_touch_seconds(kernel, params), compute >= memory
     bandwidth = (
@@ -87,6 +85,13 @@ def kernel_device_seconds(kernel: Kernel, params: DeviceParams, dtype: str) -> t
     memory = kernel.bytes_moved / bandwidth
     compute = transcendental_seconds(kernel, params)
     return max(memory, compute) + floor + first_touch_seconds(kernel, params), compute > memory
+
+
+def gemm_rate(params: DeviceParams, dtype: str, size: float) -> float:
+    """FLOP/s of a matrix product whose smallest dimension is ``size``: the saturation curve
+    R · size / (size + x½)."""
+    size = float(size)
+    return params.rate(dtype) * (size / (size + params.gemm_half_size))
 
 
 def cache_ratio(working_set_bytes: float, params: DeviceParams) -> float:

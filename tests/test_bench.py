@@ -21,6 +21,7 @@ from types import ModuleType
 
 import pytest
 from scaleprobe.models.fit import NEAR_PEAK_RATIO
+from scaleprobe.models.predict import gemm_rate
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -336,7 +337,7 @@ def test_linear_curve_quick_run_is_well_formed(tmp_path: Path) -> None:
     for entry in data["measured"]:
         rate = entry["flops_per_second"]
         assert 1e8 < rate < 1e14
-        ratio = rate / linear_curve.curve(params, entry["rows"])
+        ratio = rate / gemm_rate(params, "float32", entry["rows"])
         assert f"{rate / 1e9:.0f} ({ratio:.2f})" in done.stdout
     assert run("linear_curve.py", "--load", str(out)).stdout == done.stdout
     refused = subprocess.run(
