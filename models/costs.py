@@ -94,6 +94,9 @@ class Kernel:
     fresh_output_bytes: tuple[float, ...] = ()  # each freshly allocated output, over all calls
     tanh_elements: float = 0.0
     exp_elements: float = 0.0
+    # bytes written before the product, over all calls: a linear layer's addmm first copies its
+    # broadcast bias into the fresh output, then accumulates the product onto it
+    fill_bytes: float = 0.0
 
     @property
     def flops_per_call(self) -> float:
@@ -198,6 +201,7 @@ def _linear(
         layer=layer,
         module_calls=calls if modules is None else modules,
         fresh_output_bytes=(float(tokens * n_out * e),) * calls,
+        fill_bytes=float(tokens * n_out * e * calls),
     )
 
 

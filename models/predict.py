@@ -22,7 +22,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from scaleprobe.models.architecture import Architecture
-from scaleprobe.models.costs import HOST, MATRIX_KINDS, ForwardCost, Kernel, forward_cost
+from scaleprobe.models.costs import (
+    ATTENTION,
+    HOST,
+    MATRIX_KINDS,
+    ForwardCost,
+    Kernel,
+    forward_cost,
+)
 from scaleprobe.models.devices import COLD_STREAM_BYTES, DeviceParams
 from scaleprobe.models.errors import InputError
 
@@ -33,6 +40,11 @@ FRAMEWORK_BOUND_RATIO = 0.5
 # 4 · 1024 · 1024 · sizeof(long)) by a fresh mmap, unmapped again when freed: such an output
 # page-faults on first touch in every forward. Smaller ones come from the reused heap.
 FRESH_MAPPING_MIN_BYTES = 32 * 1024**2
+# PyTorch's fused attention on a CPU (``cpu_flash_attention``, FlashAttentionKernel.cpp) runs its
+# products in blocks: query rows 32 at a time below 192 queries, 64 below 768, 256 from there,
+# keys 512 at a time. Each block's products are as small as the block.
+CPU_FLASH_QUERY_BLOCKS = ((768, 256), (192, 64), (0, 32))
+CPU_FLASH_KEY_BLOCK = 512
 
 
 @dataclass(frozen=True)
@@ -74,9 +86,15 @@ def kernel_device_seconds(kernel: Kernel, params: DeviceParams, dtype: str) -> t
     calls = kernel.calls
     floor = params.kernel_floor_seconds * calls
     if kernel.kind in MATRIX_KINDS and kernel.gemm is not None:
-        compute = kernel.flops / gemm_rate(params, dtype, min(kernel.gemm[1:]))
+        compute = kernel.flops / gemm_rate(params, dtype, product_size(kernel, params))
         memory = kernel.bytes_moved / params.memory_bandwidth_bytes_per_second
-        return max(compute, memory) + floor + first_touch_seconds(kernel, params), compute >= memory
+        return (
+            max(compute, memory)
+            + floor
+            + fill_seconds(kernel, params)
+            + first_touch_seconds(kernel, params),
+            compute >= memory,
+        )
     bandwidth = (
         params.memory_bandwidth_bytes_per_second
         * params.elementwise_bandwidth_ratio
@@ -92,6 +110,18 @@ def gemm_rate(params: DeviceParams, dtype: str, size: float) -> float:
     R · size / (size + x½)."""
     size = float(size)
     return params.rate(dtype) * (size / (size + params.gemm_half_size))
+
+
+def product_size(kernel: Kernel, params: DeviceParams) -> float:
+    """The smallest dimension of the kernel's matrix products (its ``gemm`` is (batch, m, n, k)):
+    on a CPU, fused attention's products are its query and key blocks
+    (``CPU_FLASH_QUERY_BLOCKS``), not the whole sequence."""
+    assert kernel.gemm is not None
+    _, m, n, k = kernel.gemm
+    if kernel.kind == ATTENTION and params.kind == "cpu":
+        block = next(rows for queries, rows in CPU_FLASH_QUERY_BLOCKS if m >= queries)
+        m, n = min(m, block), min(n, CPU_FLASH_KEY_BLOCK)
+    return float(min(m, n, k))
 
 
 def cache_ratio(working_set_bytes: float, params: DeviceParams) -> float:
@@ -118,6 +148,21 @@ def fresh_mapped_bytes(kernel: Kernel) -> float:
     """Bytes of the kernel's fresh outputs large enough (``FRESH_MAPPING_MIN_BYTES``) for glibc to
     map them anew, so that they page-fault on every forward."""
     return sum(b for b in kernel.fresh_output_bytes if b >= FRESH_MAPPING_MIN_BYTES)
+
+
+def fill_seconds(kernel: Kernel, params: DeviceParams) -> float:
+    """The bias fill before a linear layer's product (CPU, else 0): its output bytes written at
+    the elementwise rate ρ · W, without the cache ladder.
+
+    The fill is the first write into a fresh output, whose lines are not in the caches (the
+    ladder prices data that one op wrote and the next reads). Profiled (``bench/op_profile.py``),
+    ``addmm``'s ``copy_`` ran at 13–23 GB/s at two threads (ρ · W: 11.7) and 6–14 at one (9.8).
+    On a GPU the fill is a small share of a memory-bound product and is not charged.
+    """
+    if params.kind != "cpu" or not kernel.fill_bytes:
+        return 0.0
+    rate = params.memory_bandwidth_bytes_per_second * params.elementwise_bandwidth_ratio
+    return kernel.fill_bytes / rate
 
 
 def first_touch_seconds(kernel: Kernel, params: DeviceParams) -> float:
