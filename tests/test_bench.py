@@ -523,3 +523,40 @@ def test_tuned_malloc_check_runs_both_allocator_settings_in_fresh_processes() ->
         assert table.startswith("threads 1")
         row = next(line for line in table.splitlines() if "bert-base 1×8" in line)
         assert float(row.strip("|").split("|")[1]) > 0
+
+
+def test_op_profile_quick_run_sets_each_family_beside_the_model(tmp_path: Path) -> None:
+    """A tiny encoder at one point: every aten op's self time lands in one family, so the
+    families and the time outside ops add up to the profiled forward's wall time; each cell of
+    the report is the measured family over what the model charges for it (from the saved
+    calibration); --load prints the same; a bad point or an unknown model exits 2."""
+    op_profile = load("op_profile")
+    out = tmp_path / "op_profile.json"
+    done = run("op_profile.py", "--quick", "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["schema"] == "scaleprobe.bench.op_profile/1"
+    [entry] = data["measured"]
+    assert (entry["batch_size"], entry["seq_len"]) == (1, 16)
+    families = entry["families_seconds"]
+    assert set(families) == set(op_profile.FAMILIES)
+    assert families["linear"] > 0 and all(v >= 0 for v in families.values())
+    assert sum(families.values()) + entry["outside_ops_seconds"] == pytest.approx(
+        entry["profiled_wall_seconds"]
+    )
+    params = op_profile.params_from(data["calibration"]["probes"])
+    arch = op_profile.architectures_of(data)[entry["model"]]
+    model = op_profile.charged(arch, params, 1, 16)
+    assert model["linear"] > 0 and model["bias_fill"] > 0
+    row = next(line for line in done.stdout.splitlines() if line.startswith(f"| {entry['model']}"))
+    assert op_profile.cell(families["linear"], model["linear"]) in row
+    assert op_profile.cell(entry["wall_seconds"], model["latency"]) in row
+    assert run("op_profile.py", "--load", str(out)).stdout == done.stdout
+    for bad, says in ((["--points", "4y128"], "bad point '4y128'"), (["--models", "gpt9"], "gpt9")):
+        refused = subprocess.run(
+            [sys.executable, str(BENCH / "op_profile.py"), *bad],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert refused.returncode == 2 and says in refused.stderr
+        assert "Traceback" not in refused.stderr
