@@ -21,6 +21,9 @@ A family's self time also holds its ops' dispatch work, which the model counts i
 at the smallest points that makes every small family read several times its device charge while
 ``outside ops`` reads under the host charge. Read the families at 128 tokens and up.
 
+Last, it times fused attention alone at 191 and 192 queries, either side of the CPU kernel's
+first block-size step, against the rate the model gives each (``predict.product_size``).
+
     python bench/op_profile.py --out bench/results/op_profile.json               # ~1 min
     OMP_NUM_THREADS=1 python bench/op_profile.py --out bench/results/op_profile-1thread.json
     python bench/op_profile.py --load bench/results/op_profile.json
@@ -54,13 +57,15 @@ from common import (
     write_json,
 )
 from scaleprobe.models.architecture import PRESETS, Architecture, architecture_from_config
-from scaleprobe.models.costs import ATTENTION, GATHER, GEMM, HOST, NORM, forward_cost
+from scaleprobe.models.costs import ATTENTION, GATHER, GEMM, HOST, NORM, Kernel, forward_cost
 from scaleprobe.models.devices import DeviceParams
 from scaleprobe.models.errors import InputError
 from scaleprobe.models.predict import (
     fill_seconds,
     first_touch_seconds,
+    gemm_rate,
     kernel_device_seconds,
+    product_size,
     time_forward,
 )
 
@@ -101,6 +106,10 @@ ATEN_FAMILY = {
     "index_select": "gather",
 }
 DEFAULT_POINTS = ((1, 16), (1, 64), (2, 128), (4, 128), (16, 128), (16, 256))
+# Fused attention on either side of the CPU kernel's first block-size step (32 → 64 query rows
+# at 192 queries): batch 8, 12 heads of 64, as bert-base runs it.
+ATTENTION_STEP = (191, 192)
+ATTENTION_SHAPE = (8, 12, 64)
 WARMUPS = 3
 TIMED = 5
 
@@ -192,6 +201,40 @@ def measure_point(
     }
 
 
+def attention_rates(queries: Sequence[int], samples: int = 9) -> list[dict[str, Any]]:
+    """FLOP/s of ``scaled_dot_product_attention`` (median of ``samples``) at each length."""
+    import torch
+    import torch.nn.functional as F
+
+    batch, heads, head = ATTENTION_SHAPE
+    rates = []
+    for seq in queries:
+        q, k, v = (torch.randn(batch, heads, seq, head) for _ in range(3))
+        for _ in range(3):
+            F.scaled_dot_product_attention(q, k, v)
+        walls = []
+        for _ in range(samples):
+            started = time.perf_counter()
+            F.scaled_dot_product_attention(q, k, v)
+            walls.append(time.perf_counter() - started)
+        flops = 4.0 * batch * heads * seq * seq * head
+        rates.append({"queries": seq, "flops_per_second": flops / statistics.median(walls)})
+    return rates
+
+
+def attention_report(data: Mapping[str, Any], params: DeviceParams) -> list[str]:
+    batch, heads, head = ATTENTION_SHAPE
+    lines = ["", f"fused attention, {batch} × {heads} heads of {head}: GFLOP/s measured / model"]
+    for entry in data.get("attention", []):
+        seq = entry["queries"]
+        kernel = Kernel(
+            "attention_sdpa", ATTENTION, 0.0, 0.0, 0, gemm=(batch * heads, seq, seq, head)
+        )
+        model = gemm_rate(params, "float32", product_size(kernel, params))
+        lines.append(f"- {seq} queries: {entry['flops_per_second'] / 1e9:.0f} / {model / 1e9:.0f}")
+    return lines
+
+
 def report(data: Mapping[str, Any], params: DeviceParams) -> str:
     lines = [
         f"torch threads {data['threads']}; calibration: R {params.rate('float32') / 1e9:.0f} "
@@ -214,7 +257,7 @@ def report(data: Mapping[str, Any], params: DeviceParams) -> str:
         label = f"{entry['model']} {entry['batch_size']} × {entry['seq_len']}"
         faulted = entry["profiled_page_fault_bytes"] / 1e6
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {faulted:.0f} |")
-    return "\n".join(lines)
+    return "\n".join(lines + attention_report(data, params))
 
 
 def cell(measured: float, model: float) -> str:
@@ -290,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for batch, seq in points:
                     data["measured"].append(measure_point(name, config, batch, seq, cache))
                     stderr_log(f"{name} {batch} x {seq} done")
+            data["attention"] = attention_rates(ATTENTION_STEP)
         params = params_from(data["calibration"]["probes"])
         text = report(data, params)
     except (OSError, ValueError, KeyError) as error:

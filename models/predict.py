@@ -155,9 +155,10 @@ def fill_seconds(kernel: Kernel, params: DeviceParams) -> float:
     the elementwise rate ρ · W, without the cache ladder.
 
     The fill is the first write into a fresh output, whose lines are not in the caches (the
-    ladder prices data that one op wrote and the next reads). Profiled (``bench/op_profile.py``),
-    ``addmm``'s ``copy_`` ran at 13–23 GB/s at two threads (ρ · W: 11.7) and 6–14 at one (9.8).
-    On a GPU the fill is a small share of a memory-bound product and is not charged.
+    ladder prices data that one op wrote and the next reads). Profiled (``bench/op_profile.py``,
+    bert-base, 64–2048 tokens), ``addmm``'s ``copy_`` ran at 11–18 GB/s at two threads (ρ · W:
+    11.4) and 7–13 at one (9.4). On a GPU one write of the output is small next to the product
+    and is not charged.
     """
     if params.kind != "cpu" or not kernel.fill_bytes:
         return 0.0

@@ -529,7 +529,8 @@ def test_op_profile_quick_run_sets_each_family_beside_the_model(tmp_path: Path) 
     """A tiny encoder at one point: every aten op's self time lands in one family, so the
     families and the time outside ops add up to the profiled forward's wall time; each cell of
     the report is the measured family over what the model charges for it (from the saved
-    calibration); --load prints the same; a bad point or an unknown model exits 2."""
+    calibration); the attention rates either side of the block step are reported; --load prints
+    the same; a bad point or an unknown model exits 2."""
     op_profile = load("op_profile")
     out = tmp_path / "op_profile.json"
     done = run("op_profile.py", "--quick", "--out", str(out))
@@ -550,6 +551,15 @@ def test_op_profile_quick_run_sets_each_family_beside_the_model(tmp_path: Path) 
     row = next(line for line in done.stdout.splitlines() if line.startswith(f"| {entry['model']}"))
     assert op_profile.cell(families["linear"], model["linear"]) in row
     assert op_profile.cell(entry["wall_seconds"], model["latency"]) in row
+    # fused attention either side of the CPU kernel's block step, beside the model's rate
+    assert [e["queries"] for e in data["attention"]] == list(op_profile.ATTENTION_STEP)
+    rows = op_profile.attention_report(data, params)[2:]
+    for line, entry, block in zip(rows, data["attention"], (32, 64), strict=True):
+        rate = entry["flops_per_second"]
+        assert 1e8 < rate < 1e14
+        model = gemm_rate(params, "float32", block)  # the kernel's query block
+        assert line == f"- {entry['queries']} queries: {rate / 1e9:.0f} / {model / 1e9:.0f}"
+        assert line in done.stdout
     assert run("op_profile.py", "--load", str(out)).stdout == done.stdout
     for bad, says in ((["--points", "4y128"], "bad point '4y128'"), (["--models", "gpt9"], "gpt9")):
         refused = subprocess.run(

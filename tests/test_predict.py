@@ -70,7 +70,8 @@ def test_latency_grows_with_sequence_length(
         return  # BigBird switches attention implementation at its threshold (a real step)
     if device is CPU and any(seq + 1 == queries for queries, _ in CPU_FLASH_QUERY_BLOCKS):
         # so does PyTorch's CPU flash attention at 192 queries (32-row blocks to 64: measured
-        # here 139 → 196 GFLOP/s at 8 × 12 heads, two threads; the model's curve gives ×1.4)
+        # here 132 → 176 GFLOP/s at 8 × 12 heads, two threads, where the model gives 122 → 177:
+        # bench/results/op_profile-2.json)
         return
     shorter = predict(arch, device, batch, seq, dtype)
     longer = predict(arch, device, batch, seq + 1, dtype)
