@@ -156,9 +156,9 @@ def measure_point(
     import torch
     from scaleprobe.probes.model import (
         PointRequest,
-        _without_profiler_chatter,
         random_inputs,
         reset_attention_type,
+        without_profiler_chatter,
     )
     from torch.profiler import ProfilerActivity, profile
 
@@ -178,7 +178,7 @@ def measure_point(
         forward()
         walls.append(time.perf_counter() - started)
     faults = minor_page_faults()
-    with _without_profiler_chatter(), profile(activities=[ProfilerActivity.CPU]) as prof:
+    with without_profiler_chatter(), profile(activities=[ProfilerActivity.CPU]) as prof:
         started = time.perf_counter()
         forward()
         profiled_wall = time.perf_counter() - started

@@ -257,7 +257,7 @@ def profile_forward(forward: Callable[[], object]) -> tuple[float, int, float]:
     from torch.profiler import ProfilerActivity, profile
 
     with (
-        _without_profiler_chatter(),
+        without_profiler_chatter(),
         profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
     ):
         started = time.perf_counter()
@@ -287,7 +287,7 @@ def profile_forward(forward: Callable[[], object]) -> tuple[float, int, float]:
 
 
 @contextlib.contextmanager
-def _without_profiler_chatter() -> Iterator[None]:
+def without_profiler_chatter() -> Iterator[None]:
     """Drop the profiler's own start/stop marker lines (``USDT:``/``STAGE:``, written by C++ to
     file descriptor 2) and pass every other stderr line through: the worker's stderr is read by
     the supervisor, and these markers would flood the daemon's log."""
