@@ -372,6 +372,28 @@ def read_json(path: str | Path) -> dict[str, Any]:
     return document
 
 
+def load_or_measure(
+    script: str,
+    load: str | None,
+    out: str | None,
+    measure: Callable[[], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+) -> int:
+    """The end of a bench script's ``main``: a saved run (``load``) or a new measurement, its
+    report printed and the document written to ``out``. A file that cannot be read, or a document
+    that lacks what the report needs, is a one-line message on stderr and exit code 2."""
+    try:
+        data = read_json(load) if load else measure()
+        text = report(data)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"{script}: {error}", file=sys.stderr)
+        return 2
+    if out:
+        write_json(out, data)
+    print(text)
+    return 0
+
+
 def int_list(text: str) -> list[int]:
     """``"1,2,4"`` -> [1, 2, 4] (for argparse ``type=``)."""
     try:

@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, read_json, stderr_log, write_json
+from common import load_or_measure, machine, stderr_log
 
 SCHEMA = "scaleprobe.bench.first_touch_threads/1"
 # torch threads of each measurement in one child process, in order
@@ -176,20 +176,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--pause must be 0 or more seconds, got {args.pause}")
     if not args.hold_gb > 0:
         parser.error(f"--hold-gb must be a positive number, got {args.hold_gb}")
-    if args.load:
-        try:
-            data = read_json(args.load)
-        except (OSError, ValueError) as error:
-            parser.error(f"--load {args.load}: {error}")
-    else:
-        if args.quick:
-            data = measure_all(1, 0.2, 0.0)
-        else:
-            data = measure_all(args.repeats, args.hold_gb, args.pause)
-    if args.out:
-        write_json(args.out, data)
-    print(report(data))
-    return 0
+    repeats, hold_gb, pause = (
+        (1, 0.2, 0.0) if args.quick else (args.repeats, args.hold_gb, args.pause)
+    )
+    return load_or_measure(
+        "first_touch_threads",
+        args.load,
+        args.out,
+        lambda: measure_all(repeats, hold_gb, pause),
+        report,
+    )
 
 
 if __name__ == "__main__":

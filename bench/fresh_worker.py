@@ -29,7 +29,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy import Scorer, architectures_of, calibration_params
-from common import PointKey, machine, mape, read_json, stderr_log, throughput_error, write_json
+from common import (
+    PointKey,
+    load_or_measure,
+    machine,
+    mape,
+    read_json,
+    stderr_log,
+    throughput_error,
+)
 from scaleprobe.exporter import cycle, supervisor
 from scaleprobe.exporter.config import default_config
 from scaleprobe.models.predict import predict
@@ -143,25 +151,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--rounds must be at least 1")
     if not args.load and not args.against:
         parser.error("give --against RUN.json (a saved accuracy run) or --load FILE.json")
-    try:
-        if args.load:
-            data = read_json(args.load)
-        else:
-            against = read_json(args.against)
-            if args.model not in against["configs"]:
-                parser.error(
-                    f"{args.against} has no model {args.model!r}; it has "
-                    f"{', '.join(against['configs'])}"
-                )
-            data = measure(args.against, args.model, args.rounds, args.seed)
-        text = report(data)
-    except (OSError, ValueError, KeyError) as error:
-        print(f"fresh_worker: {error}", file=sys.stderr)
-        return 2
-    if args.out:
-        write_json(args.out, data)
-    print(text)
-    return 0
+
+    def measured() -> dict[str, Any]:
+        against = read_json(args.against)
+        if args.model not in against["configs"]:
+            parser.error(
+                f"{args.against} has no model {args.model!r}; it has "
+                f"{', '.join(against['configs'])}"
+            )
+        return measure(args.against, args.model, args.rounds, args.seed)
+
+    return load_or_measure("fresh_worker", args.load, args.out, measured, report)
 
 
 if __name__ == "__main__":

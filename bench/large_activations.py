@@ -39,11 +39,10 @@ from common import (
     PointKey,
     ProcessCpuTimer,
     calibration,
+    load_or_measure,
     machine,
-    read_json,
     stderr_log,
     sweep,
-    write_json,
 )
 from scaleprobe.models.architecture import PRESETS
 from scaleprobe.models.devices import DeviceParams
@@ -257,11 +256,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         print(page_faults(args.points, repeats=args.repeats))
         return 0
-    data = read_json(args.load) if args.load else measure(args.rounds, args.threads, args.cpu_time)
-    if args.out:
-        write_json(args.out, data)
-    print(report(data))
-    return 0
+    return load_or_measure(
+        "large_activations",
+        args.load,
+        args.out,
+        lambda: measure(args.rounds, args.threads, args.cpu_time),
+        report,
+    )
 
 
 if __name__ == "__main__":

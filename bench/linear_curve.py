@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy import calibration_params, params_from
-from common import calibration, machine, read_json, stderr_log, write_json
+from common import calibration, load_or_measure, machine, read_json, stderr_log
 from scaleprobe.models.devices import DeviceParams
 from scaleprobe.models.predict import gemm_rate
 
@@ -110,37 +110,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="one shape, two row counts")
     args = parser.parse_args(argv)
-    try:
-        if args.load:
-            data = read_json(args.load)
-        else:
-            import torch
 
-            threads = torch.get_num_threads()
-            shapes, rows = (SHAPES[:1], (16, 64)) if args.quick else (SHAPES, ROWS)
-            data = {
-                "schema": SCHEMA,
-                "machine": machine(),
-                "threads": threads,
-                "shapes": [list(s) for s in shapes],
-                "rows": list(rows),
-            }
-            if args.calibration_from:
-                data["accuracy_run"] = args.calibration_from
-                data["calibration_source"] = args.calibration_from
-            else:
-                data["calibration"] = calibration()
-                data["calibration_source"] = "the worker's calibration, run just before"
-            params = params_of(data)  # a bad --calibration-from fails before measuring
-            data["measured"] = measure_rates(shapes, rows)
-        params = params_of(data)
-    except (OSError, ValueError, KeyError) as error:
-        print(f"linear_curve: {error}", file=sys.stderr)
-        return 2
-    if args.out:
-        write_json(args.out, data)
-    print(report(data, params))
-    return 0
+    def measured() -> dict[str, Any]:
+        import torch
+
+        shapes, rows = (SHAPES[:1], (16, 64)) if args.quick else (SHAPES, ROWS)
+        data: dict[str, Any] = {
+            "schema": SCHEMA,
+            "machine": machine(),
+            "threads": torch.get_num_threads(),
+            "shapes": [list(s) for s in shapes],
+            "rows": list(rows),
+        }
+        if args.calibration_from:
+            data["accuracy_run"] = args.calibration_from
+            data["calibration_source"] = args.calibration_from
+        else:
+            data["calibration"] = calibration()
+            data["calibration_source"] = "the worker's calibration, run just before"
+        params_of(data)  # a bad --calibration-from fails before measuring
+        data["measured"] = measure_rates(shapes, rows)
+        return data
+
+    return load_or_measure(
+        "linear_curve", args.load, args.out, measured, lambda data: report(data, params_of(data))
+    )
 
 
 if __name__ == "__main__":

@@ -50,11 +50,10 @@ from common import (
     TINY_CONFIG,
     TINY_NAME,
     calibration,
+    load_or_measure,
     machine,
     minor_page_faults,
-    read_json,
     stderr_log,
-    write_json,
 )
 from scaleprobe.models.architecture import PRESETS, Architecture, architecture_from_config
 from scaleprobe.models.costs import ATTENTION, GATHER, GEMM, HOST, NORM, Kernel, forward_cost
@@ -301,48 +300,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="a tiny encoder at one point")
     args = parser.parse_args(argv)
-    try:
-        if args.load:
-            data = read_json(args.load)
-        else:
-            import torch
-            from scaleprobe.probes.model import ModelCache
 
-            if args.quick:
-                configs = {TINY_NAME: TINY_CONFIG}
-                points = [(1, 16)]
-            else:
-                names = [m.strip() for m in args.models.split(",") if m.strip()]
-                unknown = [m for m in names if m not in PRESETS]
-                if unknown:
-                    raise InputError(
-                        f"unknown model(s) {', '.join(unknown)}; presets: {', '.join(PRESETS)}"
-                    )
-                configs = {name: PRESETS[name].to_config() for name in names}
-                points = args.points
-            data = {
-                "schema": SCHEMA,
-                "machine": machine(),
-                "threads": torch.get_num_threads(),
-                "configs": configs,
-                "calibration": calibration(),
-            }
-            cache = ModelCache()
-            data["measured"] = []
-            for name, config in configs.items():
-                for batch, seq in points:
-                    data["measured"].append(measure_point(name, config, batch, seq, cache))
-                    stderr_log(f"{name} {batch} x {seq} done")
-            data["attention"] = attention_rates(ATTENTION_STEP)
-        params = params_from(data["calibration"]["probes"])
-        text = report(data, params)
-    except (OSError, ValueError, KeyError) as error:
-        print(f"op_profile: {error}", file=sys.stderr)
-        return 2
-    if args.out:
-        write_json(args.out, data)
-    print(text)
-    return 0
+    def measured() -> dict[str, Any]:
+        import torch
+        from scaleprobe.probes.model import ModelCache
+
+        if args.quick:
+            configs = {TINY_NAME: TINY_CONFIG}
+            points = [(1, 16)]
+        else:
+            names = [m.strip() for m in args.models.split(",") if m.strip()]
+            unknown = [m for m in names if m not in PRESETS]
+            if unknown:
+                raise InputError(
+                    f"unknown model(s) {', '.join(unknown)}; presets: {', '.join(PRESETS)}"
+                )
+            configs = {name: PRESETS[name].to_config() for name in names}
+            points = args.points
+        data: dict[str, Any] = {
+            "schema": SCHEMA,
+            "machine": machine(),
+            "threads": torch.get_num_threads(),
+            "configs": configs,
+            "calibration": calibration(),
+            "measured": [],
+        }
+        cache = ModelCache()
+        for name, config in configs.items():
+            for batch, seq in points:
+                data["measured"].append(measure_point(name, config, batch, seq, cache))
+                stderr_log(f"{name} {batch} x {seq} done")
+        data["attention"] = attention_rates(ATTENTION_STEP)
+        return data
+
+    def report_of(data: dict[str, Any]) -> str:
+        return report(data, params_from(data["calibration"]["probes"]))
+
+    return load_or_measure("op_profile", args.load, args.out, measured, report_of)
 
 
 if __name__ == "__main__":
