@@ -1,10 +1,12 @@
 """What writing fresh memory costs at one and at two threads, and what that figure depends on.
 
 The memory probe times its fresh-write clone (``probes.memory``: a copy into a new anonymous
-mapping against a copy into an existing buffer, fastest sample) on one torch thread, while a
-forward at two threads faults its outputs in on both. This script measures the figure the way
-the probe does, at each thread count, in fresh processes (as the daemon's worker is), so a user
-can see whether the two-thread figure is a property of the device or of the moment:
+mapping against a copy into an existing buffer, fastest sample) on one torch thread and on
+torch's threads, and keeps the cheaper figure: a forward at two threads faults its outputs in on
+both, but the two-thread figure reads 5-8 times high in spells of memory the host must back
+again. This script measures the figure the way the probe does, at each thread count, in fresh
+processes (as the daemon's worker is), so a user can see whether the two-thread figure is a
+property of the device or of the moment:
 
 - ``alone``: nothing else holds memory;
 - ``holding``: another process holds ``--hold-gb`` GB of touched memory (idle), as an inference
