@@ -27,15 +27,16 @@ a large free heap chunk gets no fresh mapping and the figure reads 0.
 of the same bytes into an existing buffer; the performance model charges it on large fresh
 outputs. Each figure is its fastest sample: in a VM that returns freed memory to the host (free
 page reporting), a clone now and then lands on memory the host must back again and runs 5-8
-times slower (1.5 against 0.19-0.27 ns/B on a Firecracker guest, in runs of consecutive samples
-lasting seconds, at two threads only). A forward's outputs reuse memory freed moments before,
-and the accuracy sweeps fit the fast figure (``BENCHMARKS.md``).
+times slower (1.1-1.9 against 0.16-0.31 ns/B on a Firecracker guest, in runs of consecutive
+samples lasting seconds; the one-thread clone has not slowed in any such spell here). A forward's
+outputs reuse memory freed moments before, and the accuracy sweeps fit the fast figure
+(``BENCHMARKS.md``).
 
 The pair is timed on one thread and again on torch's threads (:func:`fresh_write`), and the
 figure kept is the cheaper: a forward's out-of-place ops write their outputs on all of torch's
-threads, which take the faults side by side (two threads here: 0.18-0.20 ns/B against
-0.26-0.27 on one, in every sample of a quiet guest), while in a spell of slow host-backed memory
-only the multi-thread clone slows down, and the one-thread figure then stands in.
+threads, which take the faults side by side (two threads here: 0.16-0.21 ns/B against
+0.25-0.31 on one, on a quiet guest), while in a spell of slow host-backed memory only the
+multi-thread clone slows down, and the one-thread figure then stands in.
 ``detail["first_touch_seconds_per_byte_by_threads"]`` keeps both (thread count as a string),
 ``detail["fresh_write_threads"]`` the count of the figure kept. On a GPU the caching allocator
 reuses memory, so nothing is measured there (the keys are absent).
@@ -71,8 +72,8 @@ MAX_BUFFER_BYTES = 256 * 1024**2
 # Output size of the fresh-write clone: twice glibc's largest mmap threshold, so it is mmapped
 # whatever the threshold has adapted to; ~20-35 ms per clone on this CPU.
 FRESH_WRITE_BYTES = 64 * 1024**2
-# Share of the probe's budget the fresh-write clone and its one-thread copy get (the copies of
-# the whole buffer share the rest).
+# Share of the probe's budget the fresh-write clones and their copies get, on one thread and on
+# torch's threads (the copies of the whole buffer share the rest).
 FRESH_WRITE_SHARE = 0.25
 # Working sets (source plus destination bytes) of the cached-copy ladder: x 2 steps from 512 KiB,
 # through the L2 and the L3, up to where DRAM takes over; sizes at or above the buffer are left
@@ -254,7 +255,7 @@ def fresh_write(
     figures = {
         **passes[kept][0],
         "first_touch_seconds_per_byte_by_threads": {
-            str(t): figures["first_touch_seconds_per_byte"] for t, (figures, _) in passes.items()
+            str(t): passes[t][0]["first_touch_seconds_per_byte"] for t in counts
         },
     }
     return figures, sum(seconds for _, seconds in passes.values())

@@ -390,7 +390,7 @@ def test_fresh_write_keeps_the_cheaper_of_one_thread_and_torchs_threads() -> Non
     assert figures["first_touch_seconds_per_byte"] == pytest.approx(1e-3 / mib)
     assert figures["first_touch_seconds_per_byte_by_threads"]["2"] == pytest.approx(6.8e-3 / mib)
 
-    # one thread: one pass with the whole share
+    # one thread: one pass
     timer = ScriptedTimer(one_thread)
     figures, _ = memory.fresh_write(source, destination, timing, timer, threads=1)
     assert timer.threads == [1] * 8
