@@ -11,7 +11,9 @@ Three steps, each usable alone:
    the log latency ratios (and, for points with a measured framework-overhead share, of the log
    ratios of the host time it implies) plus a Gaussian prior pulling each multiplier toward 1,
    i.e. toward the probe calibration. Few free parameters, a robust loss and the prior are why
-   one or two bad points cannot send it wild; with many good points the data win.
+   one or two bad points cannot send it wild; with many good points the data win. With fewer
+   than ``MIN_POINTS_ALL_FREE`` points only the GEMM rate and the host cost move (the level of
+   the two regimes); the other three bend the curve, and a handful of points cannot place them.
 3. ``transfer(params, source, target)``: carries a calibration to another device by datasheet
    ratios (capacity planning for a device you do not have).
 """
@@ -368,6 +370,20 @@ PRIOR_SIGMA = {
     "dispatch": 0.7,
     "first_touch": 0.5,
 }
+# With fewer measured points than this, a refit frees only FEW_POINTS_FREE: the level of the
+# compute-bound and of the host-bound regime. On every stored accuracy sweep (nine at two
+# threads, four at one) a refit on 2 or 4 points that also freed the half size, the elementwise
+# bandwidth and the first-touch cost predicted the rest of the curve worse (BENCHMARKS.md,
+# "How many parameters a few points can fit").
+MIN_POINTS_ALL_FREE = 2 * len(FREE_PARAMETERS)
+FEW_POINTS_FREE = ("compute", "dispatch")
+
+
+def default_free(point_count: int) -> tuple[str, ...]:
+    """The multipliers a refit on ``point_count`` points frees unless told otherwise."""
+    return FREE_PARAMETERS if point_count >= MIN_POINTS_ALL_FREE else FEW_POINTS_FREE
+
+
 # Residual scale of the Huber loss (log latency ratio): about the machine noise of one point.
 NOISE_SCALE = 0.02
 # The same for the host time a point's measured framework-overhead share implies (log ratio of
@@ -466,14 +482,17 @@ def refit(
     points: Sequence[MeasuredPoint],
     architectures: Mapping[str, Architecture],
     *,
-    free: Sequence[str] = FREE_PARAMETERS,
+    free: Sequence[str] | None = None,
     iterations: int = 40,
 ) -> FitReport:
     """Refit the device parameters to measured points (robust, regularised; see module docstring).
 
-    ``free`` names the multipliers allowed to move; with fewer points than free parameters the
-    prior decides the rest. An empty ``points`` returns the parameters unchanged.
+    ``free`` names the multipliers allowed to move (default :func:`default_free`: all five from
+    ``MIN_POINTS_ALL_FREE`` points, else the GEMM rate and the host cost); the others stay at 1.
+    An empty ``points`` returns the parameters unchanged.
     """
+    if free is None:
+        free = default_free(len(points))
     unknown = set(free) - set(FREE_PARAMETERS)
     if unknown:
         raise InputError(

@@ -149,10 +149,13 @@ def test_a_slower_device_shows_as_drift_despite_the_refit(config: Config) -> Non
         and p.measured.timestamp_seconds == slow.last_cycle_timestamp_seconds
     ]
     assert len(fresh) == config.points_per_cycle
-    # half the throughput: (measured - predicted) / predicted near -0.5 against the prior...
+    # half the throughput: (measured - predicted) / predicted near -0.5 against the prior, and
+    # as far or further below the baseline (the first cycle's refit on its 5 points moved only
+    # the rate and the host cost, and the fake device's cost, linear in tokens, does not follow
+    # the model's GEMM curve: that baseline reads these points about 30% fast)...
     for point in fresh:
         assert point.prior_error_ratio == pytest.approx(-0.5, abs=0.15)
-        assert point.baseline_error_ratio == pytest.approx(-0.5, abs=0.15)
+        assert -0.75 < point.baseline_error_ratio < -0.45
     drifts = [m.drift_ratio for m in slow.models if m.drift_ratio is not None]
     assert drifts and all(d < -0.3 for d in drifts)
     # ...and the calibration history shows the fall against the device's own past
