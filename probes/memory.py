@@ -216,7 +216,7 @@ def first_touch(
     destination: torch.Tensor,
     timing: TimingRequest,
     timer: Timer,
-    threads: int = 1,
+    threads: int,
 ) -> tuple[dict[str, Any], float]:
     """Fresh-write figures from a copy of ``source`` into fresh memory (:func:`fresh_clone`)
     against ``destination.copy_(source)``, both on ``threads`` torch threads (the caller's count

@@ -349,7 +349,7 @@ def test_first_touch_takes_the_fastest_clone_against_the_fastest_copy() -> None:
     # copy: warm-up, then 3 samples; clone: warm-up, then 3 samples (one fast among slow ones)
     timer = ScriptedTimer([1.0, 4e-4, 2e-4, 3e-4, 1.0, 3e-3, 1e-3, 3e-3])
     threads = torch.get_num_threads()
-    figures, seconds = memory.first_touch(source, destination, timing, timer)
+    figures, seconds = memory.first_touch(source, destination, timing, timer, threads=1)
     assert timer.threads == [1] * 8 and torch.get_num_threads() == threads
     assert figures["fresh_write_copy_bytes_per_second"] == pytest.approx(2 * mib / 2e-4)
     assert figures["fresh_write_bytes_per_second"] == pytest.approx(2 * mib / 1e-3)
