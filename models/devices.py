@@ -127,10 +127,13 @@ def find_device(name: str) -> DeviceSpec:
     raise InputError(f"unknown GPU {name!r}; known: {', '.join(CATALOG)} (see `scaleprobe gpus`)")
 
 
-# What the dispatch probe streams before each linear layer of its tiny encoder to leave the caches
-# as a real forward's weights leave them: a core's L2 on common server CPUs (a base model's
-# linear layer reads 2.4-9.4 MB of weights).
-COLD_STREAM_BYTES = 2 * 1024**2
+# What the dispatch probe runs before each linear layer of its tiny encoder to leave the caches
+# (and the next product) as a real forward's linear layers leave them: a base encoder's smallest
+# linear layer at a short input, 16 rows through a 768-square float32 weight (2.25 MiB, a core's L2
+# on common server CPUs; a base model's linear layers read 2.4-9.4 MB of weights).
+COLD_PRODUCT_ROWS = 16
+COLD_PRODUCT_WIDTH = 768
+COLD_STREAM_BYTES = COLD_PRODUCT_WIDTH * COLD_PRODUCT_WIDTH * 4
 
 
 @dataclass(frozen=True)
@@ -171,10 +174,11 @@ class DeviceParams:
     first_touch_seconds_per_byte: float | None = None
     tanh_elements_per_second: float | None = None
     exp_elements_per_second: float | None = None
-    # CPU only: the host cost of an op whose caches a kernel just evicted, over its cost with warm
-    # caches (the dispatch probe's tiny encoder with and without streaming COLD_STREAM_BYTES
-    # before each linear layer); a forward's host time scales by 1 + (ratio - 1) · f, f how much
-    # of COLD_STREAM_BYTES its matrix products move per call (``scaleprobe.models.predict``).
+    # CPU only: the host cost of an op between a forward's linear layers, over its cost with warm
+    # caches (the dispatch probe's tiny encoder with and without a base layer's product through
+    # COLD_STREAM_BYTES of weights before each of its linear layers); a forward's host time scales
+    # by 1 + (ratio - 1) · f, f how much of COLD_STREAM_BYTES its matrix products move per call
+    # (``scaleprobe.models.predict``).
     cold_host_ratio: float = 1.0
     # CPU only: (working-set bytes, copy rate over the DRAM copy rate) from small to large, the
     # memory probe's copies of cache-sized buffers (``predict.cache_ratio`` interpolates it);

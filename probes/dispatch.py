@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from scaleprobe.models.devices import COLD_STREAM_BYTES
+from scaleprobe.models.devices import COLD_PRODUCT_ROWS, COLD_PRODUCT_WIDTH, COLD_STREAM_BYTES
 from scaleprobe.probes import graphs
 from scaleprobe.probes.device import default_timer
 from scaleprobe.probes.request import ProbeRequest, ProbeResult
@@ -57,11 +57,15 @@ TINY_ENCODER_TOKENS = 16
 # many timed forwards (~1 ms each): a calibration must stay within 2% of measuring the curve.
 TINY_ENCODER_SHARE = 0.5
 TINY_ENCODER_MAX_REPEATS = 30
-# The same encoder with caches as a real forward leaves them: before each linear layer a hook
-# streams COLD_STREAM_BYTES (scaleprobe.models.devices), which evicts the interpreter's and
-# dispatcher's working set as a real model's weights do. Its host time is the hooked forward's
-# minus the streams' own (timed alone). Each part gets COLD_SHARE of the encoder's budget and at
-# most COLD_MAX_REPEATS forwards.
+# The same encoder run as a real forward runs its host work: between linear layers. Before each of
+# its linear layers a hook runs what a base encoder's linear layer runs at a short input, a
+# COLD_PRODUCT_ROWS x COLD_PRODUCT_WIDTH product through its own COLD_PRODUCT_WIDTH-square weight
+# (COLD_STREAM_BYTES, scaleprobe.models.devices), on torch's threads. That evicts the
+# interpreter's and dispatcher's working set as a real model's weights do, as much as the
+# products on this many threads do (split over two cores they leave each core's caches warmer),
+# and pays what a product costs after host work rather than after another product. The cold host
+# time is the hooked forward's minus the same products' back to back (timed alone). Each part gets
+# COLD_SHARE of the encoder's budget and at most COLD_MAX_REPEATS forwards.
 COLD_SHARE = 0.25
 COLD_MAX_REPEATS = 12
 
@@ -176,7 +180,7 @@ def run(request: ProbeRequest, *, timer: Timer | None = None, cuda: Any = None) 
 
 @dataclass(frozen=True)
 class ColdTiming:
-    host_seconds: float  # the hooked forward's median minus the streams' median (>= 0)
+    host_seconds: float  # the hooked forward's median minus the products' median (>= 0)
     device_seconds: float  # what timing both cost
 
 
@@ -187,29 +191,39 @@ def cold_encoder_seconds(
     timer: Timer,
     threads: int,
 ) -> ColdTiming:
-    """The tiny encoder's forward time with cold caches, less the time of what cooled them.
+    """The tiny encoder's forward time between real linear layers' work, less that work's own.
 
     ``forward`` runs ``model`` (:func:`tiny_encoder_forward`); a pre-hook on each of its linear
-    layers copies ``COLD_STREAM_BYTES`` before the layer runs, and the same copies are timed alone.
+    layers runs a ``COLD_PRODUCT_ROWS`` x ``COLD_PRODUCT_WIDTH`` linear layer's product (with its
+    bias) through that layer's own square weight before the layer runs, and the same products
+    are timed back to back alone.
     """
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    source = torch.ones(COLD_STREAM_BYTES // 4)
-    target = torch.empty_like(source)
+    rows = torch.ones(COLD_PRODUCT_ROWS, COLD_PRODUCT_WIDTH)
+    weights = [torch.ones(COLD_PRODUCT_WIDTH, COLD_PRODUCT_WIDTH) for _ in linears]
+    bias = torch.zeros(COLD_PRODUCT_WIDTH)
 
-    def stream(*_: object) -> None:
-        target.copy_(source)
+    def product(index: int) -> None:
+        # as nn.Linear runs it (addmm against the transposed weight): a plain mm through the
+        # same weight costs 1.2-1.3x more after host work at one thread on the Xeon guest
+        torch.nn.functional.linear(rows, weights[index], bias)
 
-    def streams_alone() -> None:
-        for _ in linears:
-            stream()
+    def products_alone() -> None:
+        for index in range(len(linears)):
+            product(index)
 
-    handles = [linear.register_forward_pre_hook(stream) for linear in linears]
+    def hook_for(index: int) -> Callable[..., None]:
+        return lambda *_: product(index)
+
+    handles = [
+        linear.register_forward_pre_hook(hook_for(index)) for index, linear in enumerate(linears)
+    ]
     try:
         hooked = measure(forward, timing, timer, threads=threads)
     finally:
         for handle in handles:
             handle.remove()
-    alone = measure(streams_alone, timing, timer, threads=threads)
+    alone = measure(products_alone, timing, timer, threads=threads)
     return ColdTiming(
         host_seconds=max(0.0, hooked.median_seconds - alone.median_seconds),
         device_seconds=hooked.device_seconds + alone.device_seconds,

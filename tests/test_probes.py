@@ -476,14 +476,14 @@ def test_dispatch_on_the_cpu_also_times_a_tiny_real_encoder() -> None:
     # a forward of ~100 ops and ~50 module calls: more than 100 adds, well under a second
     assert 100 * result.value < encoder["seconds"] < 1.0
     assert result.device_seconds >= result.measurement.device_seconds + encoder["seconds"]
-    # and its host time with cold caches (never negative; the streams are not host time)
+    # and its host time between real products (never negative; the products are not host time)
     assert encoder["cold_stream_bytes"] == dispatch.COLD_STREAM_BYTES
     assert 0 <= encoder["cold_seconds"] < 1.0
 
 
 class PhaseTimer:
     """Runs each call; reports ``hooked`` seconds while the encoder's linear layers carry
-    pre-hooks and ``alone`` otherwise, and counts the streams' copies per call."""
+    pre-hooks and ``alone`` otherwise, and counts the products per call."""
 
     name = "phase"
 
@@ -498,7 +498,7 @@ class PhaseTimer:
         return self.hooked if with_hooks else self.alone
 
 
-def test_cold_encoder_time_is_the_hooked_forward_less_the_streams_alone() -> None:
+def test_cold_encoder_time_is_the_hooked_forward_less_the_products_alone() -> None:
     forward, model, _, _ = dispatch.tiny_encoder_forward()
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) >= 12  # 2 layers × 6 linear layers, and the pooler
@@ -508,10 +508,39 @@ def test_cold_encoder_time_is_the_hooked_forward_less_the_streams_alone() -> Non
     assert "hooked" in timer.phases and "alone" in timer.phases
     assert timer.phases.index("alone") > max(i for i, p in enumerate(timer.phases) if p == "hooked")
     assert cold.device_seconds > 0
-    # the hooks are gone afterwards, and streams slower than the hooked forward give 0, not < 0
+    # the hooks are gone afterwards, and products slower than the hooked forward give 0, not < 0
     assert all(not linear._forward_pre_hooks for linear in linears)
-    slow_streams = PhaseTimer(linears, hooked=1e-3, alone=3e-3)
-    assert dispatch.cold_encoder_seconds(forward, model, QUICK, slow_streams, 1).host_seconds == 0
+    slow_products = PhaseTimer(linears, hooked=1e-3, alone=3e-3)
+    assert dispatch.cold_encoder_seconds(forward, model, QUICK, slow_products, 1).host_seconds == 0
+
+
+def test_cold_encoder_runs_a_base_layers_product_through_each_layers_own_weight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    forward, model, _, _ = dispatch.tiny_encoder_forward()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    products: list[tuple[tuple[int, ...], tuple[int, ...], int]] = []
+    real_linear = torch.nn.functional.linear
+
+    def counting_linear(
+        a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        products.append((tuple(a.shape), tuple(w.shape), w.data_ptr()))
+        return real_linear(a, w, bias)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", counting_linear)
+    timer = PhaseTimer(linears, hooked=3e-3, alone=1e-3)
+    dispatch.cold_encoder_seconds(forward, model, QUICK, timer, threads=1)
+    width = dispatch.COLD_PRODUCT_WIDTH
+    assert width * width * 4 == dispatch.COLD_STREAM_BYTES
+    calls = len(timer.phases)
+    # the encoder's own linear layers run theirs too (32 and 64 wide): one base-layer product
+    # before each of them per call
+    base = [p for p in products if p[1] == (width, width)]
+    assert len(base) == calls * len(linears)
+    assert {p[0] for p in base} == {(dispatch.COLD_PRODUCT_ROWS, width)}
+    # each layer reads its own weight, as a model's layers do: as many weights as layers
+    assert len({p[2] for p in base}) == len(linears)
 
 
 def test_dispatch_on_cuda_splits_host_cost_from_the_kernel_floor() -> None:
