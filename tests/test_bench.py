@@ -14,8 +14,10 @@ import importlib.util
 import json
 import math
 import random
+import statistics
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -570,3 +572,29 @@ def test_op_profile_quick_run_sets_each_family_beside_the_model(tmp_path: Path) 
         )
         assert refused.returncode == 2 and says in refused.stderr
         assert "Traceback" not in refused.stderr
+
+
+def test_host_ratio_is_what_the_small_forwards_pay_over_the_models_warm_host_time() -> None:
+    host_ratio = load("host_ratio")
+    accuracy = load("accuracy")
+    path = BENCH / "results" / "accuracy-22.json"
+    data = json.loads(path.read_text())
+    row = host_ratio.implied_ratios(data)
+    params = accuracy.calibration_params(data, "float32", 2)
+    assert row["threads"] == 2
+    assert row["probe"] == params.cold_host_ratio
+    assert len(row["implied"]) == 6  # DistilBERT and BERT at 1 x 16, 2 x 16, 1 x 32
+    # charging the implied ratio instead of the probe's reproduces the measured latency
+    scorer = accuracy.Scorer(data)
+    for name, kappa in row["implied"].items():
+        model, shape = name.split()
+        batch, seq = (int(v) for v in shape.split("x"))
+        key = accuracy.PointKey(model, batch, seq, "float32", 2)
+        cost = host_ratio.forward_cost(scorer.architectures[model], batch, seq, "float32")
+        matrix_share = host_ratio.cold_host_scale(cost, params)
+        assert matrix_share == pytest.approx(params.cold_host_ratio)  # base models: full κ
+        timing = host_ratio.time_forward(cost, replace(params, cold_host_ratio=kappa))
+        assert timing.latency_seconds == pytest.approx(scorer.measured(key), rel=1e-9)
+    assert row["implied_median"] == pytest.approx(statistics.median(row["implied"].values()))
+    done = run("host_ratio.py", str(path))
+    assert done.stdout.startswith("accuracy-22.json: 2t probe ")
