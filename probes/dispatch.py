@@ -213,6 +213,7 @@ def cold_encoder_seconds(
             product(index)
 
     def hook_for(index: int) -> Callable[..., None]:
+        # returns None: a pre-hook's return value would replace the layer's input
         return lambda *_: product(index)
 
     handles = [

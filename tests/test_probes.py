@@ -483,7 +483,7 @@ def test_dispatch_on_the_cpu_also_times_a_tiny_real_encoder() -> None:
 
 class PhaseTimer:
     """Runs each call; reports ``hooked`` seconds while the encoder's linear layers carry
-    pre-hooks and ``alone`` otherwise, and counts the products per call."""
+    pre-hooks and ``alone`` otherwise, and records which of the two each call was."""
 
     name = "phase"
 
