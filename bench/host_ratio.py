@@ -9,10 +9,12 @@ and the ``κ`` that the small points of DistilBERT and BERT imply (1 × 16, 2 ×
 work 10-25% of the latency there, so the figure carries the device part's error times 4-9).
 
     python bench/host_ratio.py bench/results/accuracy-1[2-9].json bench/results/accuracy-2?.json
-    python bench/host_ratio.py bench/results/accuracy-*-1thread.json
+    python bench/host_ratio.py bench/results/accuracy-{7,8,9,10,11,12}-1thread.json
 
 No torch: it re-reads saved runs with the current performance model (``accuracy.py --load``'s
-calibration rules).
+calibration rules). Runs before ``accuracy-7-1thread`` and ``accuracy-8`` predate the probe's cold
+reading (their probe column reads 1.00) and were timed without a warm-up forward: their implied
+figures say little.
 """
 
 from __future__ import annotations
