@@ -2,24 +2,29 @@
 
 The memory probe times its fresh-write clone (``probes.memory``: a copy into a new anonymous
 mapping against a copy into an existing buffer, fastest sample) on one torch thread and on
-torch's threads, and keeps the cheaper figure: a forward at two threads faults its outputs in on
-both, but the two-thread figure reads 5-8 times high in spells of memory the host must back
-again. This script measures the figure the way the probe does, at each thread count, in fresh
-processes (as the daemon's worker is), so a user can see whether the two-thread figure is a
-property of the device or of the moment:
+torch's threads, and keeps the cheaper figure. A fault is served from the faulting CPU's list of
+free pages and a freed page goes to the freeing CPU's list; the clone is freed by the calling
+thread, so a second thread's faults draw on the kernel's shared free memory, which in a VM may be
+memory the host has not backed. This script measures the figure the way the probe does, at each
+thread count, in fresh processes (as the daemon's worker is):
 
 - ``alone``: nothing else holds memory;
 - ``holding``: another process holds ``--hold-gb`` GB of touched memory (idle), as an inference
-  server next to the daemon does.
+  server next to the daemon does, so that what the host backs of the guest's free memory is
+  taken;
+
+and each both ways: ``as before`` (the probe up to 2026-11-30) and ``released``: the probe's
+buffers' spare pages first given back from a thread on each CPU (``memory.release_per_cpu``), as
+the probe now does before its passes, so that every CPU's list holds backed pages.
 
 Each child process first allocates and copies the memory probe's own two buffers (as the probe
 does before its clone), then measures the sequence ``MEASUREMENTS`` (two threads, two threads
 again, one thread), each with the probe's clone size and timing budget; ``--pause`` seconds pass
 between child processes.
 
-    python bench/first_touch_threads.py --out bench/results/first_touch_threads.json   # ~2 min
-    python bench/first_touch_threads.py --load bench/results/first_touch_threads.json
-    python bench/first_touch_threads.py --quick                                         # tests
+    python bench/first_touch_threads.py --out bench/results/first_touch_threads-2.json  # ~2 min
+    python bench/first_touch_threads.py --load bench/results/first_touch_threads-2.json
+    python bench/first_touch_threads.py --quick                                           # tests
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import load_or_measure, machine, stderr_log
 
-SCHEMA = "scaleprobe.bench.first_touch_threads/1"
+SCHEMA = "scaleprobe.bench.first_touch_threads/2"
 # torch threads of each measurement in one child process, in order
 MEASUREMENTS = (2, 2, 1)
 HOLDER_READY_TIMEOUT_SECONDS = 120.0
@@ -46,9 +51,10 @@ CHILD_TIMEOUT_SECONDS = 300.0
 BUFFER_COPIES = 5
 
 
-def child(threads_sequence: Sequence[int]) -> list[dict[str, float]]:
+def child(threads_sequence: Sequence[int], release: bool) -> list[dict[str, float]]:
     """In this process: the probe's fresh-write figure (``probes.memory.first_touch``) at each
-    thread count, in order."""
+    thread count, in order; with ``release``, after the buffers' spare pages are given back from
+    each CPU as the probe does."""
     import torch
     from scaleprobe.probes import memory
     from scaleprobe.probes.device import cpu_llc_bytes, default_timer
@@ -63,6 +69,10 @@ def child(threads_sequence: Sequence[int]) -> list[dict[str, float]]:
     other = torch.empty_like(buffer)
     for _ in range(BUFFER_COPIES):
         other.copy_(buffer)
+    if release:
+        for tensor in (buffer, other):
+            start, end = memory.spare_pages(tensor, memory.FRESH_WRITE_BYTES)
+            memory.release_per_cpu(start, end - start)
     elements = memory.FRESH_WRITE_BYTES // 4
     source, destination = buffer[:elements], other[:elements]
     figures = []
@@ -77,17 +87,17 @@ def child(threads_sequence: Sequence[int]) -> list[dict[str, float]]:
     return figures
 
 
-def run_child() -> list[dict[str, float]]:
+def run_child(release: bool) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--child", ",".join(str(t) for t in MEASUREMENTS)]
     done = subprocess.run(
-        [sys.executable, __file__, "--child", ",".join(str(t) for t in MEASUREMENTS)],
+        command + (["--child-release"] if release else []),
         capture_output=True,
         text=True,
         timeout=CHILD_TIMEOUT_SECONDS,
     )
     if done.returncode != 0:
         raise RuntimeError(f"child process failed: {done.stderr[-2000:]}")
-    figures: list[dict[str, float]] = json.loads(done.stdout)
-    return figures
+    return {"released": release, "figures": json.loads(done.stdout)}
 
 
 def start_holder(gigabytes: float) -> subprocess.Popen[str]:
@@ -110,13 +120,14 @@ def start_holder(gigabytes: float) -> subprocess.Popen[str]:
 
 
 def measure_all(repeats: int, hold_gb: float, pause_seconds: float) -> dict[str, Any]:
-    conditions: dict[str, list[list[dict[str, float]]]] = {"alone": [], "holding": []}
+    conditions: dict[str, list[dict[str, Any]]] = {"alone": [], "holding": []}
 
     def children(condition: str) -> None:
         for index in range(repeats):
-            conditions[condition].append(run_child())
+            for release in (False, True):  # alternated, so drift does not favour one
+                conditions[condition].append(run_child(release))
+                time.sleep(pause_seconds)
             stderr_log(f"{condition} {index + 1}/{repeats}")
-            time.sleep(pause_seconds)
 
     children("alone")
     holder = start_holder(hold_gb)
@@ -144,14 +155,18 @@ def report(data: dict[str, Any]) -> str:
     lines = [
         "first touch, ns per byte (fastest sample of each measurement; one row per process)",
         "",
-        f"| condition | {' | '.join(labels)} |",
-        f"|---|{'---|' * len(labels)}",
+        f"| condition | spare pages | {' | '.join(labels)} |",
+        f"|---|---|{'---|' * len(labels)}",
     ]
     for condition, processes in data["conditions"].items():
         name = condition if condition == "alone" else f"another process holds {data['hold_gb']} GB"
-        for figures in processes:
+        for process in processes:
+            # schema /1 saved a list of figures per process, all measured as before
+            figures = process["figures"] if isinstance(process, dict) else process
+            released = isinstance(process, dict) and process["released"]
             cells = [f"{1e9 * f['first_touch_seconds_per_byte']:.3f}" for f in figures]
-            lines.append(f"| {name} | {' | '.join(cells)} |")
+            way = "released per CPU" if released else "as before"
+            lines.append(f"| {name} | {way} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -162,15 +177,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", metavar="FILE.json", help="write the figures here")
     parser.add_argument("--load", metavar="FILE.json", help="print a saved run")
     parser.add_argument("--repeats", type=int, default=6, help="processes per condition (6)")
-    parser.add_argument("--hold-gb", type=float, default=3.0, help="GB the other process holds (3)")
+    parser.add_argument("--hold-gb", type=float, default=6.0, help="GB the other process holds (6)")
     parser.add_argument(
         "--pause", type=float, default=3.0, help="seconds between child processes (3)"
     )
     parser.add_argument("--quick", action="store_true", help="1 process each, 0.2 GB held")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-release", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child([int(t) for t in args.child.split(",")])))
+        print(json.dumps(child([int(t) for t in args.child.split(",")], args.child_release)))
         return 0
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")

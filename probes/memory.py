@@ -25,21 +25,25 @@ The probe maps the clone's memory itself (:func:`fresh_clone`): left to malloc, 
 a large free heap chunk gets no fresh mapping and the figure reads 0.
 ``detail["first_touch_seconds_per_byte"]`` is the clone's time per byte minus the time of a copy
 of the same bytes into an existing buffer; the performance model charges it on large fresh
-outputs. Each figure is its fastest sample: in a VM that returns freed memory to the host (free
-page reporting), a clone now and then lands on memory the host must back again and runs 5-8
-times slower (1.1-1.9 against 0.16-0.31 ns/B on a Firecracker guest, in runs of consecutive
-samples lasting seconds; the one-thread clone has not slowed in any such spell here). A forward's
-outputs reuse memory freed moments before, and the accuracy sweeps fit the fast figure
-(``BENCHMARKS.md``).
+outputs. Each figure is its fastest sample.
 
 The pair is timed on one thread and again on torch's threads (:func:`fresh_write`), and the
 figure kept is the cheaper: a forward's out-of-place ops write their outputs on all of torch's
-threads, which take the faults side by side (two threads here: 0.16-0.21 ns/B against
-0.25-0.31 on one, on a quiet guest), while in a spell of slow host-backed memory only the
-multi-thread clone slows down, and the one-thread figure then stands in.
-``detail["first_touch_seconds_per_byte_by_threads"]`` keeps both (thread count as a string),
-``detail["fresh_write_threads"]`` the count of the figure kept. On a GPU the caching allocator
-reuses memory, so nothing is measured there (the keys are absent).
+threads, which take the faults side by side (two threads here: 0.14-0.20 ns/B against 0.22-0.31
+on one). ``detail["first_touch_seconds_per_byte_by_threads"]`` keeps both (thread count as a
+string), ``detail["fresh_write_threads"]`` the count of the figure kept.
+
+Before the passes the probe gives its buffers' pages back, past the clone's own, in one share
+from each CPU (:func:`release_per_cpu`; ``detail["fresh_write_released_bytes"]``). A fault is
+served from the faulting CPU's list of free pages, and a freed page goes to the freeing CPU's:
+the clone's memory is freed by the calling thread, so without this a second thread's faults drew
+on the kernel's shared free memory, which in a VM is often memory the host has not backed (never
+touched, or handed back by free page reporting), and read 1.3-1.6 ns/B instead of 0.14-0.20
+whenever something had taken the backed free memory first (here: another process holding 3-6
+GB, or this one 1-3 GB more); a server's forwards, freeing outputs all the time, fault on backed
+pages (``BENCHMARKS.md``,
+"Page faults at two threads"). On a GPU the caching allocator reuses memory, so nothing is
+measured there (the keys are absent).
 
 On the CPU it also times ``Tensor.copy_`` (torch's threads, as a forward's elementwise ops run)
 over working sets from ``CACHE_LADDER_BYTES[0]`` up (source plus destination: leading views of the
@@ -52,8 +56,11 @@ Xeon guest 3-6 × the DRAM copy rate up to a few MiB, 2 × up to 64 MiB (``docs/
 
 from __future__ import annotations
 
+import ctypes
 import mmap
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -121,15 +128,6 @@ def run(request: ProbeRequest, *, timer: Timer | None = None, cuda: Any = None) 
     best = max(rates, key=lambda name: rates[name])
     other_device_seconds = sum(m.device_seconds for name, m in measured.items() if name != best)
     extra: dict[str, Any] = {}
-    if fresh:
-        extra, seconds = fresh_write(
-            source[: FRESH_WRITE_BYTES // 4],
-            destination[: FRESH_WRITE_BYTES // 4],
-            request.timing.scaled(FRESH_WRITE_SHARE),
-            timer,
-            threads,
-        )
-        other_device_seconds += seconds
     if ladder:
         ratios, seconds = cache_ladder(
             source,
@@ -139,6 +137,30 @@ def run(request: ProbeRequest, *, timer: Timer | None = None, cuda: Any = None) 
             timer,
         )
         extra["bandwidth_ratio_by_working_set"] = ratios
+        other_device_seconds += seconds
+    if fresh:
+        # The buffers are not read again: past the clone's own views, their pages go back to the
+        # kernel from each CPU, so that every thread's faults draw on memory the host backs.
+        spare = [spare_pages(buffer, FRESH_WRITE_BYTES) for buffer in (source, destination)]
+
+        def release() -> None:
+            for start, end in spare:
+                release_per_cpu(start, end - start)
+
+        try:
+            other_device_seconds += timer.time(release)
+            released = sum(end - start for start, end in spare)
+        except OSError as error:  # e.g. a sandbox that forbids madvise: measure as before
+            released = 0
+            extra["fresh_write_release_error"] = str(error)
+        figures, seconds = fresh_write(
+            source[: FRESH_WRITE_BYTES // 4],
+            destination[: FRESH_WRITE_BYTES // 4],
+            request.timing.scaled(FRESH_WRITE_SHARE),
+            timer,
+            threads,
+        )
+        extra.update(figures, fresh_write_released_bytes=released)
         other_device_seconds += seconds
     return ProbeResult(
         probe="memory",
@@ -209,6 +231,69 @@ def fresh_clone(source: torch.Tensor) -> Callable[[], None]:
         region.close()
 
     return clone
+
+
+def spare_pages(buffer: torch.Tensor, keep_bytes: int) -> tuple[int, int]:
+    """The page-aligned address range ``[start, end)`` of ``buffer`` past its first
+    ``keep_bytes`` (empty when nothing is past them)."""
+    page = mmap.PAGESIZE
+    start = -(-(buffer.data_ptr() + keep_bytes) // page) * page
+    end = (buffer.data_ptr() + buffer.numel() * buffer.element_size()) // page * page
+    return start, max(start, end)
+
+
+def _madvise_dontneed(address: int, length: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    if libc.madvise(address, length, mmap.MADV_DONTNEED) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"madvise(MADV_DONTNEED) of {length} bytes: {os.strerror(error)}")
+
+
+def release_per_cpu(
+    address: int,
+    length: int,
+    cpus: Sequence[int] | None = None,
+    dontneed: Callable[[int, int], None] | None = None,
+) -> None:
+    """Give the pages of ``[address, address + length)`` back to the kernel (``MADV_DONTNEED``:
+    they read as zeros after), in consecutive page-aligned shares, one from a thread pinned to
+    each of ``cpus`` (default: the CPUs this process may run on), so that each CPU's list of free
+    pages ends up holding a share. ``dontneed(address, length)`` does the release (default:
+    ``madvise(2)`` through libc); its error is raised here.
+
+    Why: Linux serves a page fault from the faulting CPU's own list of free pages first (refilled
+    from the shared free memory), and a page freed goes to the list of the CPU that frees it,
+    lists that hold hundreds of MiB on a recent kernel. A VM's host backs guest memory lazily and
+    takes back what the guest reports free, so shared free memory is often not backed, and a
+    fault on it costs the host's fault too. A forward's outputs are freed by the thread that
+    allocated them and faulted in by all of torch's threads: a server in steady state frees so
+    much that every CPU finds backed pages, while a probe run after something took memory would
+    have its other threads' faults land on unbacked pages (``BENCHMARKS.md``, "Page faults at
+    two threads"). No-op when ``length`` is 0."""
+    if length <= 0:
+        return
+    dontneed = dontneed if dontneed is not None else _madvise_dontneed
+    cpus = sorted(os.sched_getaffinity(0)) if cpus is None else list(cpus)
+    page = mmap.PAGESIZE
+    share = length // len(cpus) // page * page
+    bounds = [address + i * share for i in range(len(cpus))] + [address + length]
+    errors: list[BaseException] = []
+
+    def release(cpu: int, start: int, end: int) -> None:
+        try:
+            os.sched_setaffinity(0, {cpu})  # 0: this thread only
+            dontneed(start, end - start)
+        except BaseException as error:  # reported in the calling thread
+            errors.append(error)
+
+    for cpu, start, end in zip(cpus, bounds, bounds[1:], strict=False):
+        if end > start:
+            thread = threading.Thread(target=release, args=(cpu, start, end))
+            thread.start()
+            thread.join()
+    if errors:
+        raise errors[0]
 
 
 def first_touch(

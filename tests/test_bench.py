@@ -26,6 +26,7 @@ from scaleprobe.models.fit import NEAR_PEAK_RATIO
 from scaleprobe.models.predict import gemm_rate
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
+RESULTS = BENCH / "results"
 
 
 def load(name: str) -> ModuleType:
@@ -306,20 +307,28 @@ def test_the_first_touch_what_ifs_rescore_with_another_first_touch_figure(
 
 
 def test_first_touch_threads_quick_run_is_well_formed(tmp_path: Path) -> None:
-    """One process per condition, each measuring the probe's fresh-write figure at 2, 2 and 1
-    threads; the report lists every figure; --load prints the same report."""
+    """Two processes per condition (as before, then with the spare pages released per CPU),
+    each measuring the probe's fresh-write figure at 2, 2 and 1 threads; the report lists every
+    figure on its row; --load prints the same report, and still reads a run of schema /1."""
     out = tmp_path / "first_touch_threads.json"
     done = run("first_touch_threads.py", "--quick", "--out", str(out))
     data = json.loads(out.read_text())
-    assert data["schema"] == "scaleprobe.bench.first_touch_threads/1"
+    assert data["schema"] == "scaleprobe.bench.first_touch_threads/2"
     assert data["hold_gb"] == 0.2
+    rows = done.stdout.splitlines()
     for condition in ("alone", "holding"):
-        (figures,) = data["conditions"][condition]
-        assert [f["threads"] for f in figures] == [2, 2, 1]
-        for f in figures:
-            assert 0.0 <= f["first_touch_seconds_per_byte"] < 1e-8
-            assert f"{1e9 * f['first_touch_seconds_per_byte']:.3f}" in done.stdout
+        processes = data["conditions"][condition]
+        assert [p["released"] for p in processes] == [False, True]
+        for process in processes:
+            figures = process["figures"]
+            assert [f["threads"] for f in figures] == [2, 2, 1]
+            cells = [f"{1e9 * f['first_touch_seconds_per_byte']:.3f}" for f in figures]
+            way = "released per CPU" if process["released"] else "as before"
+            assert any(way in row and " | ".join(cells) in row for row in rows)
+            assert all(0.0 <= f["first_touch_seconds_per_byte"] < 1e-8 for f in figures)
     assert run("first_touch_threads.py", "--load", str(out)).stdout == done.stdout
+    old = run("first_touch_threads.py", "--load", str(RESULTS / "first_touch_threads.json"))
+    assert "| alone | as before | 0.197 | 0.193 | 0.289 |" in old.stdout
 
 
 def test_linear_curve_quick_run_is_well_formed(tmp_path: Path) -> None:
@@ -441,7 +450,7 @@ def test_stored_calibrations_without_the_cpu_figures_predict_as_before() -> None
     """bench/results/accuracy.json predates the first-touch and transcendental figures: its
     calibration has none, so re-scoring it uses the model as it was."""
     accuracy = load("accuracy")
-    data = json.loads((BENCH / "results" / "accuracy.json").read_text())
+    data = json.loads((RESULTS / "accuracy.json").read_text())
     records = [r for c in data["calibrations"] for r in c["probes"]]
     params = accuracy.params_from(accuracy.median_probe_records(records))
     assert params.first_touch_seconds_per_byte is None
@@ -577,7 +586,7 @@ def test_op_profile_quick_run_sets_each_family_beside_the_model(tmp_path: Path) 
 def test_host_ratio_is_what_the_small_forwards_pay_over_the_models_warm_host_time() -> None:
     host_ratio = load("host_ratio")
     accuracy = load("accuracy")
-    path = BENCH / "results" / "accuracy-22.json"
+    path = RESULTS / "accuracy-22.json"
     data = json.loads(path.read_text())
     row = host_ratio.implied_ratios(data)
     params = accuracy.calibration_params(data, "float32", 2)

@@ -6,6 +6,7 @@ came from, not against expected speeds (the machine is shared and noisy).
 
 from __future__ import annotations
 
+import mmap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -395,6 +396,81 @@ def test_fresh_write_keeps_the_cheaper_of_one_thread_and_torchs_threads() -> Non
     figures, _ = memory.fresh_write(source, destination, timing, timer, threads=1)
     assert timer.threads == [1] * 8
     assert list(figures["first_touch_seconds_per_byte_by_threads"]) == ["1"]
+
+
+def test_release_per_cpu_gives_each_cpu_one_share_from_a_thread_pinned_to_it() -> None:
+    """Consecutive page-aligned shares cover the range exactly, the last one taking the rest,
+    each released from a thread whose affinity is that CPU alone; the caller's affinity is left
+    as it was."""
+    import os
+
+    calls: list[tuple[int, int, set[int]]] = []
+    allowed = sorted(os.sched_getaffinity(0))
+    cpus = [allowed[0], allowed[-1], allowed[0]]  # three shares, whatever the machine has
+    page = mmap.PAGESIZE
+    address, length = 100 * page, 10 * page + 123
+    memory.release_per_cpu(
+        address,
+        length,
+        cpus,
+        lambda start, size: calls.append((start, size, os.sched_getaffinity(0))),
+    )
+    assert [affinity for _, _, affinity in calls] == [{cpu} for cpu in cpus]
+    starts = [start for start, _, _ in calls]
+    assert starts == [address, address + 3 * page, address + 6 * page]
+    assert [size for _, size, _ in calls] == [3 * page, 3 * page, 4 * page + 123]
+    assert os.sched_getaffinity(0) == set(allowed)
+    calls.clear()
+    memory.release_per_cpu(address, 0, cpus, lambda start, size: calls.append((start, size, set())))
+    assert calls == []
+
+
+def test_release_per_cpu_drops_the_pages_past_the_kept_bytes_and_reports_failure() -> None:
+    """Real memory: the pages past the first 2 MiB of an 8 MiB tensor read as zeros after the
+    release, the kept ones keep their values; a failing madvise is raised in the caller."""
+    mib = 1024**2
+    buffer = torch.ones(8 * mib // 4)
+    start, end = memory.spare_pages(buffer, 2 * mib)
+    first = (start - buffer.data_ptr()) // 4
+    assert 2 * mib <= start - buffer.data_ptr() < 2 * mib + mmap.PAGESIZE
+    assert start % mmap.PAGESIZE == 0 and end % mmap.PAGESIZE == 0
+    memory.release_per_cpu(start, end - start)
+    last = (end - buffer.data_ptr()) // 4
+    assert buffer[:first].eq(1).all() and buffer[first:last].eq(0).all()
+    assert memory.spare_pages(buffer, 8 * mib)[1] == memory.spare_pages(buffer, 8 * mib)[0]
+
+    def refuse(start: int, size: int) -> None:
+        raise OSError(22, "Invalid argument")
+
+    with pytest.raises(OSError, match="Invalid argument"):
+        memory.release_per_cpu(start, end - start, dontneed=refuse)
+
+
+def test_the_memory_probe_releases_its_spare_buffer_pages_before_the_fresh_write() -> None:
+    """Past the clone's 64 MiB views, both buffers' pages are given back (within a page at each
+    end), from other threads: the probe's own thread keeps its affinity."""
+    import os
+
+    affinity = os.sched_getaffinity(0)
+    result = memory.run(ProbeRequest(timing=QUICK))
+    spare = result.detail["buffer_bytes"] - memory.FRESH_WRITE_BYTES
+    released = result.detail["fresh_write_released_bytes"]
+    assert 2 * (spare - 2 * mmap.PAGESIZE) <= released <= 2 * spare
+    assert os.sched_getaffinity(0) == affinity
+    assert "fresh_write_release_error" not in result.detail
+
+
+def test_a_memory_probe_that_may_not_release_pages_measures_as_before_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def forbidden(address: int, length: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(memory, "_madvise_dontneed", forbidden)
+    result = memory.run(ProbeRequest(timing=QUICK))
+    assert result.detail["fresh_write_released_bytes"] == 0
+    assert "Operation not permitted" in result.detail["fresh_write_release_error"]
+    assert 0.0 <= result.detail["first_touch_seconds_per_byte"] < 1e-8
 
 
 def test_first_touch_is_the_clone_time_beyond_the_copy_and_never_negative() -> None:
