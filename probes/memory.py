@@ -41,9 +41,8 @@ on the kernel's shared free memory, which in a VM is often memory the host has n
 touched, or handed back by free page reporting), and read 1.3-1.6 ns/B instead of 0.14-0.20
 whenever something had taken the backed free memory first (here: another process holding 3-6
 GB, or this one 1-3 GB more); a server's forwards, freeing outputs all the time, fault on backed
-pages (``BENCHMARKS.md``,
-"Page faults at two threads"). On a GPU the caching allocator reuses memory, so nothing is
-measured there (the keys are absent).
+pages (``BENCHMARKS.md``, "Page faults at two threads, read"). On a GPU the caching allocator
+reuses memory, so nothing is measured there (the keys are absent).
 
 On the CPU it also times ``Tensor.copy_`` (torch's threads, as a forward's elementwise ops run)
 over working sets from ``CACHE_LADDER_BYTES[0]`` up (source plus destination: leading views of the
@@ -267,10 +266,11 @@ def release_per_cpu(
     lists that hold hundreds of MiB on a recent kernel. A VM's host backs guest memory lazily and
     takes back what the guest reports free, so shared free memory is often not backed, and a
     fault on it costs the host's fault too. A forward's outputs are freed by the thread that
-    allocated them and faulted in by all of torch's threads: a server in steady state frees so
-    much that every CPU finds backed pages, while a probe run after something took memory would
-    have its other threads' faults land on unbacked pages (``BENCHMARKS.md``, "Page faults at
-    two threads"). No-op when ``length`` is 0."""
+    allocated them and faulted in by all of torch's threads: in a server's steady state the
+    freeing CPU's list overflows into the shared free memory, backed, where the other threads'
+    faults find it; a probe run just after something took memory would have its other threads'
+    faults land on unbacked pages (``BENCHMARKS.md``, "Page faults at two threads, read").
+    No-op when ``length`` is 0."""
     if length <= 0:
         return
     dontneed = dontneed if dontneed is not None else _madvise_dontneed
