@@ -7,9 +7,11 @@ came from, not against expected speeds (the machine is shared and noisy).
 from __future__ import annotations
 
 import mmap
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -402,8 +404,6 @@ def test_release_per_cpu_gives_each_cpu_one_share_from_a_thread_pinned_to_it() -
     """Consecutive page-aligned shares cover the range exactly, the last one taking the rest,
     each released from a thread whose affinity is that CPU alone; the caller's affinity is left
     as it was."""
-    import os
-
     calls: list[tuple[int, int, set[int]]] = []
     allowed = sorted(os.sched_getaffinity(0))
     cpus = [allowed[0], allowed[-1], allowed[0]]  # three shares, whatever the machine has
@@ -446,13 +446,30 @@ def test_release_per_cpu_drops_the_pages_past_the_kept_bytes_and_reports_failure
         memory.release_per_cpu(start, end - start, dontneed=refuse)
 
 
-def test_the_memory_probe_releases_its_spare_buffer_pages_before_the_fresh_write() -> None:
-    """Past the clone's 64 MiB views, both buffers' pages are given back (within a page at each
-    end), from other threads: the probe's own thread keeps its affinity."""
-    import os
+def test_the_memory_probe_releases_its_spare_buffer_pages_before_the_fresh_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the ladder (which reads the whole buffers) and before the fresh-write pair, both
+    buffers' pages past the clone's 64 MiB views are given back (within a page at each end),
+    from other threads: the probe's own thread keeps its affinity."""
+    order: list[str] = []
+    for name, label in (
+        ("cache_ladder", "ladder"),
+        ("release_per_cpu", "release"),
+        ("fresh_write", "fresh"),
+    ):
+        real = getattr(memory, name)
 
+        def recorded(
+            *args: object, _real: Any = real, _label: str = label, **kwargs: object
+        ) -> Any:
+            order.append(_label)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(memory, name, recorded)
     affinity = os.sched_getaffinity(0)
     result = memory.run(ProbeRequest(timing=QUICK))
+    assert order == ["ladder", "release", "release", "fresh"]
     spare = result.detail["buffer_bytes"] - memory.FRESH_WRITE_BYTES
     released = result.detail["fresh_write_released_bytes"]
     assert 2 * (spare - 2 * mmap.PAGESIZE) <= released <= 2 * spare
