@@ -70,9 +70,7 @@ def child(threads_sequence: Sequence[int], release: bool) -> list[dict[str, floa
     for _ in range(BUFFER_COPIES):
         other.copy_(buffer)
     if release:
-        for tensor in (buffer, other):
-            start, end = memory.spare_pages(tensor, memory.FRESH_WRITE_BYTES)
-            memory.release_per_cpu(start, end - start)
+        memory.release_spare_pages((buffer, other), memory.FRESH_WRITE_BYTES)
     elements = memory.FRESH_WRITE_BYTES // 4
     source, destination = buffer[:elements], other[:elements]
     figures = []

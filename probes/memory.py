@@ -140,17 +140,15 @@ def run(request: ProbeRequest, *, timer: Timer | None = None, cuda: Any = None) 
     if fresh:
         # The buffers are not read again: past the clone's own views, their pages go back to the
         # kernel from each CPU, so that every thread's faults draw on memory the host backs.
-        spare = [spare_pages(buffer, FRESH_WRITE_BYTES) for buffer in (source, destination)]
+        released = 0
 
         def release() -> None:
-            for start, end in spare:
-                release_per_cpu(start, end - start)
+            nonlocal released
+            released = release_spare_pages((source, destination), FRESH_WRITE_BYTES)
 
         try:
             other_device_seconds += timer.time(release)
-            released = sum(end - start for start, end in spare)
         except OSError as error:  # e.g. a sandbox that forbids madvise: measure as before
-            released = 0
             extra["fresh_write_release_error"] = str(error)
         figures, seconds = fresh_write(
             source[: FRESH_WRITE_BYTES // 4],
@@ -239,6 +237,17 @@ def spare_pages(buffer: torch.Tensor, keep_bytes: int) -> tuple[int, int]:
     start = -(-(buffer.data_ptr() + keep_bytes) // page) * page
     end = (buffer.data_ptr() + buffer.numel() * buffer.element_size()) // page * page
     return start, max(start, end)
+
+
+def release_spare_pages(buffers: Sequence[torch.Tensor], keep_bytes: int) -> int:
+    """:func:`release_per_cpu` on each buffer's :func:`spare_pages` past its first
+    ``keep_bytes``; the bytes given back."""
+    released = 0
+    for buffer in buffers:
+        start, end = spare_pages(buffer, keep_bytes)
+        release_per_cpu(start, end - start)
+        released += end - start
+    return released
 
 
 def _madvise_dontneed(address: int, length: int) -> None:
