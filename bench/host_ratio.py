@@ -80,7 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     for run in args.runs:
-        print(render(Path(run).name, implied_ratios(read_json(run))))
+        try:
+            row = implied_ratios(read_json(run))
+        except (OSError, ValueError, KeyError) as error:
+            print(f"host_ratio.py: {run}: not a readable accuracy run ({error})", file=sys.stderr)
+            return 2
+        print(render(Path(run).name, row))
     return 0
 
 

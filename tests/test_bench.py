@@ -607,3 +607,22 @@ def test_host_ratio_is_what_the_small_forwards_pay_over_the_models_warm_host_tim
     assert row["implied_median"] == pytest.approx(statistics.median(row["implied"].values()))
     done = run("host_ratio.py", str(path))
     assert done.stdout.startswith("accuracy-22.json: 2t probe ")
+
+
+@pytest.mark.parametrize("content", [None, "{}", "not json"])
+def test_host_ratio_refuses_a_run_it_cannot_read_with_exit_2(
+    tmp_path: Path, content: str | None
+) -> None:
+    """A missing file, a document without a run's settings, or text that is not JSON: one line
+    naming the file, exit code 2, no traceback."""
+    path = tmp_path / "run.json"
+    if content is not None:
+        path.write_text(content)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "host_ratio.py"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and str(path) in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
