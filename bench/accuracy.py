@@ -6,13 +6,18 @@ per model and batch size (MAPE of throughput and the worst point):
 
 - ``probes``: the calibration probes alone (``scaleprobe.models.fit.calibrate``), no measurement
   of any model;
-- ``two_point``: the probes plus the published two-point setting, a refit on the model's largest-
-  work point (compute-dominated: largest batch × longest sequence) and its smallest-work point
-  (memory/framework-dominated: batch 1 × shortest sequence). Those two are left out of its score.
-  ``--two-point-anchor no-first-touch`` (a what-if) anchors instead on the grid point the probes
-  predict slowest among those without an output of ``FRESH_MAPPING_MIN_BYTES`` or more: a
-  compute-dominated point that pays no page faults (on a CPU VM the largest point's faults
-  depend on the allocator and the hypervisor, see ``BENCHMARKS.md``);
+- ``two_point``: the probes plus the published two-point setting, a refit on one compute-dominated
+  and one memory-dominated measurement of the model, left out of its score. The memory/framework-
+  dominated point is the grid's smallest-work one (batch 1 × shortest sequence). The compute-
+  dominated one is the grid point the probes predict slowest among those whose predicted time
+  carries no page-fault charge (:func:`compute_dominated_point`): on a GPU, and on a CPU without
+  the first-touch figure, the largest-work point (largest batch × longest sequence); on a CPU,
+  the largest point whose outputs all stay under ``predict.FRESH_MAPPING_MIN_BYTES`` (4 × 512
+  for BERT at this grid), because the largest-work point's time there is up to a third page
+  faults whose price depends on the allocator and the hypervisor's page supply of the hour, not
+  compute (see ``BENCHMARKS.md``, "The compute-dominated anchor"). ``--two-point-anchor
+  largest-work`` scores with the largest-work point everywhere (the report's rule until
+  2026-11-30);
 - ``refit_k4``, ``refit_k8``: a refit on k measured points of the model placed off the evaluation
   grid (a centred Latin design on log batch × log sequence, rounded to integers; see
   :func:`fit_points`), scored on the whole grid;
@@ -90,7 +95,7 @@ from scaleprobe.models.architecture import (
 from scaleprobe.models.costs import forward_cost
 from scaleprobe.models.devices import DeviceParams
 from scaleprobe.models.errors import InputError
-from scaleprobe.models.predict import fresh_mapped_bytes, predict, time_forward
+from scaleprobe.models.predict import first_touch_seconds, predict, time_forward
 
 SCHEMA = "scaleprobe.bench.accuracy/1"
 DEFAULT_MODELS = ("distilbert-base", "bert-base", "bigbird-roberta-base")
@@ -133,26 +138,29 @@ def two_points(batch_sizes: Sequence[int], seq_lens: Sequence[int]) -> list[tupl
     return [(max(batch_sizes), max(seq_lens)), (min(batch_sizes), min(seq_lens))]
 
 
-TWO_POINT_ANCHORS = ("largest-work", "no-first-touch")
+# The two-point setting's compute-dominated point: the default first (see the module docstring).
+TWO_POINT_ANCHORS = ("no-first-touch", "largest-work")
 
 
-def anchor_without_first_touch(
+def compute_dominated_point(
     arch: Architecture,
     params: DeviceParams,
     batch_sizes: Sequence[int],
     seq_lens: Sequence[int],
 ) -> tuple[int, int]:
-    """The grid point ``params`` predict slowest among those whose forward has no fresh output
-    of ``FRESH_MAPPING_MIN_BYTES`` or more (the largest-work point if every point has one)."""
+    """The grid point ``params`` predict slowest among those whose predicted time carries no
+    page-fault charge (``first_touch_seconds`` zero for every kernel): the largest-work point
+    where ``params`` charge none (a GPU, a CPU calibration without the first-touch figure), and
+    it too if every point carries one."""
     candidates = []
     for b in batch_sizes:
         for q in seq_lens:
             cost = forward_cost(arch, b, q, "float32")
-            if not any(fresh_mapped_bytes(k) for k in cost.kernels):
-                candidates.append((time_forward(cost, params).latency_seconds, b, q))
+            if not any(first_touch_seconds(k, params) for k in cost.kernels):
+                candidates.append((time_forward(cost, params).latency_seconds, b * q, b, q))
     if not candidates:
         return two_points(batch_sizes, seq_lens)[0]
-    _, b, q = max(candidates)
+    _, _, b, q = max(candidates)
     return (b, q)
 
 
@@ -482,7 +490,7 @@ def multipliers_theta(report: fit.FitReport) -> list[float]:
 
 
 def score(
-    data: Mapping[str, Any], stat: str = "median", anchor: str = "largest-work"
+    data: Mapping[str, Any], stat: str = "median", anchor: str = TWO_POINT_ANCHORS[0]
 ) -> dict[str, Any]:
     """Every table of the report, from saved measurements and the current performance model;
     ``anchor`` picks the two-point setting's compute-dominated point (``TWO_POINT_ANCHORS``)."""
@@ -526,7 +534,7 @@ def score(
         if anchor == "no-first-touch":
             arch = scorer.architectures[model]
             two = [
-                anchor_without_first_touch(arch, main, batches, seqs),
+                compute_dominated_point(arch, main, batches, seqs),
                 two_points(batches, seqs)[1],
             ]
         two_keys = [PointKey(model, b, q, "float32", threads) for b, q in two]
@@ -726,9 +734,11 @@ def render(data: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
         lines.append(f"**{model}**: MAPE of throughput per batch size (worst point: seq, error)")
         lines.append("")
         anchors = per["two_point"]["fit_points"]
-        if scores["fit_points"]["two_point_anchor"] != "largest-work":
-            lines.append(f"two_point fitted on {anchors} (batch, seq)")
-            lines.append("")
+        lines.append(
+            f"two_point fitted on {[tuple(a) for a in anchors]} (batch, seq; compute-dominated "
+            f"point: {scores['fit_points']['two_point_anchor']})"
+        )
+        lines.append("")
         lines.append("| setting | " + " | ".join(f"b={b}" for b in batches) + " | all |")
         lines.append("|---|" + "---|" * (len(batches) + 1))
         for name in (*SETTINGS, "probes_best_scale"):
@@ -891,10 +901,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--two-point-anchor",
         choices=TWO_POINT_ANCHORS,
-        default="largest-work",
-        help="the two-point setting's compute-dominated point: the grid's largest-work point "
-        "(the published setting, default) or the one the probes predict slowest among those "
-        "without a fresh output of 32 MiB or more (a what-if)",
+        default=TWO_POINT_ANCHORS[0],
+        help="the two-point setting's compute-dominated point: the one the probes predict "
+        "slowest among those whose predicted time carries no page-fault charge (no-first-touch, "
+        "default; on a GPU the largest-work point), or the grid's largest-work point everywhere "
+        "(largest-work, the report's rule until 2026-11-30)",
     )
     parser.add_argument(
         "--without-cache-ladder",

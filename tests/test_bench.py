@@ -77,21 +77,33 @@ def test_fit_points_lie_off_the_grid_in_a_latin_design() -> None:
     assert accuracy.fit_points([1], [16], 4) == [(1, 16)]
 
 
-def test_the_what_if_anchor_is_the_slowest_point_without_page_faulting_outputs() -> None:
-    """--two-point-anchor no-first-touch: the slowest point whose outputs all stay under glibc's
-    largest mmap threshold; BERT's 2048-token points qualify (its FFN output is 24 MiB) and the
-    longest of them is the slowest; BigBird's eager scores at 4 × 512 are 48 MiB, so 8 × 256."""
+def test_the_compute_dominated_anchor_is_the_slowest_point_without_page_faults() -> None:
+    """The two-point setting's compute-dominated point: on a CPU with the first-touch figure, the
+    slowest point whose outputs all stay under glibc's largest mmap threshold; BERT's 2048-token
+    points qualify (its FFN output is 24 MiB) and the longest of them is the slowest; BigBird's
+    eager scores at 4 × 512 are 48 MiB, so 8 × 256. Where nothing is charged for page faults
+    (a GPU, a CPU calibration without the figure) it is the largest-work point."""
+    from dataclasses import replace
+
     from scaleprobe.models.architecture import PRESETS
-    from scaleprobe.models.devices import cpu_params
+    from scaleprobe.models.devices import cpu_params, find_device, params_from_spec
 
     accuracy = load("accuracy")
-    params = cpu_params({"float32": 3.8e11}, 2.6e10, 1.3e-6, 16 * 1024**3)
+    params = replace(
+        cpu_params({"float32": 3.8e11}, 2.6e10, 1.3e-6, 16 * 1024**3),
+        first_touch_seconds_per_byte=1.6e-10,
+    )
     batches, seqs = [1, 2, 4, 8, 16], [16, 32, 64, 128, 256, 512]
-    pick = accuracy.anchor_without_first_touch
+    pick = accuracy.compute_dominated_point
     assert pick(PRESETS["bert-base"], params, batches, seqs) == (4, 512)
     assert pick(PRESETS["bigbird-roberta-base"], params, batches, seqs) == (8, 256)
     # no point qualifies: the published largest-work point
     assert pick(PRESETS["bert-base"], params, [16], [512]) == (16, 512)
+    # nothing charged for page faults: every point qualifies, the largest-work one is slowest
+    no_figure = replace(params, first_touch_seconds_per_byte=None)
+    assert pick(PRESETS["bert-base"], no_figure, batches, seqs) == (16, 512)
+    gpu = params_from_spec(find_device("a10g"))
+    assert pick(PRESETS["bigbird-roberta-base"], gpu, batches, seqs) == (16, 512)
 
 
 def test_best_scale_minimises_the_mape_over_every_factor() -> None:
@@ -241,10 +253,14 @@ def test_the_cache_ladder_can_be_dropped_or_assumed_when_rescoring(
         rescore(tmp_path, "--load", str(bare), "--assume-cache-ladder", str(saved))
         == data["scores"]
     )
-    anchored = rescore(tmp_path, "--load", str(saved), "--two-point-anchor", "no-first-touch")
-    assert anchored["fit_points"]["two_point_anchor"] == "no-first-touch"
+    # the default anchor is the compute-dominated point without page faults, largest-work on
+    # request (the quick grid's points are small: both pick its largest, 2 × 16)
     model = data["settings"]["models"][0]
-    assert anchored["accuracy"][model]["two_point"]["fit_points"] == [[2, 16], [1, 16]]
+    assert data["scores"]["fit_points"]["two_point_anchor"] == "no-first-touch"
+    assert data["scores"]["accuracy"][model]["two_point"]["fit_points"] == [[2, 16], [1, 16]]
+    largest = rescore(tmp_path, "--load", str(saved), "--two-point-anchor", "largest-work")
+    assert largest["fit_points"]["two_point_anchor"] == "largest-work"
+    assert largest["accuracy"][model]["two_point"]["fit_points"] == [[2, 16], [1, 16]]
     for args, message in (
         (["--assume-cache-ladder", str(bare)], "have no cache ladder"),
         (["--assume-cache-ladder", str(saved), "--without-cache-ladder"], "contradict"),
