@@ -519,7 +519,7 @@ def score(
         "fit_points": {},
     }
     result["fit_points"] = {
-        "two_point": two,
+        "two_point": {},  # per model: its compute-dominated anchor may differ (module docstring)
         "two_point_anchor": anchor,
         "refit_k4": k_points[4],
         "refit_k8": k_points[8],
@@ -549,6 +549,7 @@ def score(
         per["two_point"] = scorer.table(report.params, keys, exclude=two_keys)
         per["two_point"]["multipliers"] = report.multipliers
         per["two_point"]["fit_points"] = two
+        result["fit_points"]["two_point"][model] = two
         # the anchors' own errors from the probes (compute, then memory-dominated): the refit
         # carries them to every point
         per["two_point"]["anchor_probes_errors"] = [probes_errors.get(k) for k in two_keys]
