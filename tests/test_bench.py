@@ -214,6 +214,11 @@ def test_accuracy_quick_run_is_well_formed(accuracy_run: tuple[dict, str]) -> No
     assert settings["rounds"] == 2 and len(ratios) == 2
     assert sum(ratios) == pytest.approx(2.0)
     assert "| probes |" in stdout and "| noise floor |" in stdout
+    # the report names each model's two-point fit points and the rule that chose them
+    assert (
+        "two_point fitted on [(2, 16), (1, 16)] (batch, seq; compute-dominated point: "
+        "no-first-touch)" in stdout
+    )
 
 
 def test_rescoring_the_saved_measurements_gives_the_same_tables(
