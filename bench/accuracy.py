@@ -511,32 +511,32 @@ def score(
         m: [PointKey(m, b, q, "float32", threads) for b in batches for q in seqs] for m in models
     }
     k_points = {k: fit_points(batches, seqs, k) for k in (4, 8)}
-    two = two_points(batches, seqs)
+    largest_work, smallest_work = two_points(batches, seqs)
     result: dict[str, Any] = {
         "statistic": stat,
         "calibration": main.to_dict(),
         "accuracy": {},
-        "fit_points": {},
-    }
-    result["fit_points"] = {
-        "two_point": {},  # per model: its compute-dominated anchor may differ (module docstring)
-        "two_point_anchor": anchor,
-        "refit_k4": k_points[4],
-        "refit_k8": k_points[8],
-        "k_points_on_grid": sorted(
-            {p for k in (4, 8) for p in k_points[k] if p[0] in batches and p[1] in seqs}
-        ),
+        # each model's two points are in its two_point table: the compute-dominated one may
+        # differ per model (module docstring)
+        "fit_points": {
+            "two_point_anchor": anchor,
+            "refit_k4": k_points[4],
+            "refit_k8": k_points[8],
+            "k_points_on_grid": sorted(
+                {p for k in (4, 8) for p in k_points[k] if p[0] in batches and p[1] in seqs}
+            ),
+        },
     }
 
     fitted: dict[str, dict[str, DeviceParams]] = {}
     for model in models:
         keys = grid[model]
-        if anchor == "no-first-touch":
-            arch = scorer.architectures[model]
-            two = [
-                compute_dominated_point(arch, main, batches, seqs),
-                two_points(batches, seqs)[1],
-            ]
+        compute_point = (
+            compute_dominated_point(scorer.architectures[model], main, batches, seqs)
+            if anchor == "no-first-touch"
+            else largest_work
+        )
+        two = [compute_point, smallest_work]
         two_keys = [PointKey(model, b, q, "float32", threads) for b, q in two]
         per: dict[str, Any] = {}
         fitted[model] = {"probes": main}
@@ -549,7 +549,6 @@ def score(
         per["two_point"] = scorer.table(report.params, keys, exclude=two_keys)
         per["two_point"]["multipliers"] = report.multipliers
         per["two_point"]["fit_points"] = two
-        result["fit_points"]["two_point"][model] = two
         # the anchors' own errors from the probes (compute, then memory-dominated): the refit
         # carries them to every point
         per["two_point"]["anchor_probes_errors"] = [probes_errors.get(k) for k in two_keys]

@@ -263,7 +263,6 @@ def test_the_cache_ladder_can_be_dropped_or_assumed_when_rescoring(
     model = data["settings"]["models"][0]
     assert data["scores"]["fit_points"]["two_point_anchor"] == "no-first-touch"
     assert data["scores"]["accuracy"][model]["two_point"]["fit_points"] == [[2, 16], [1, 16]]
-    assert data["scores"]["fit_points"]["two_point"] == {model: [[2, 16], [1, 16]]}
     largest = rescore(tmp_path, "--load", str(saved), "--two-point-anchor", "largest-work")
     assert largest["fit_points"]["two_point_anchor"] == "largest-work"
     assert largest["accuracy"][model]["two_point"]["fit_points"] == [[2, 16], [1, 16]]
