@@ -100,6 +100,13 @@ def machine() -> dict[str, Any]:
         "python_version": platform.python_version(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "load_average": list(os.getloadavg()),
+        # the allocator's settings (glibc's MALLOC_* variables, a preloaded jemalloc or
+        # tcmalloc): they decide which outputs page-fault (BENCHMARKS.md)
+        "allocator_env": {
+            k: v
+            for k, v in sorted(os.environ.items())
+            if k.startswith("MALLOC_") or k == "LD_PRELOAD"
+        },
     }
     try:
         import torch

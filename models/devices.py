@@ -169,8 +169,9 @@ class DeviceParams:
     reserved_memory_bytes: int = 0
     module_seconds: float = 0.0  # host cost of one nn.Module call (Python), besides its ops
     # CPU only, from the probes (None: not measured, the terms are not charged; docs/model.md):
-    # page-fault cost per byte of a large freshly allocated output (memory probe), and the rate
-    # of tanh and exp over a cache-resident tensor (compute probe).
+    # page-fault cost per byte of a large freshly allocated output (memory probe; 0 when the
+    # process's allocator reuses freed large blocks, so that none is fresh), and the rate of tanh
+    # and exp over a cache-resident tensor (compute probe).
     first_touch_seconds_per_byte: float | None = None
     tanh_elements_per_second: float | None = None
     exp_elements_per_second: float | None = None

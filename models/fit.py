@@ -79,6 +79,9 @@ class ProbeResults:
     # (working-set bytes, copy rate over the DRAM copy rate) of the memory probe's cache-sized
     # copies (CPU), detail["bandwidth_ratio_by_working_set"]; empty in older records
     bandwidth_ratio_by_working_set: tuple[tuple[float, float], ...] = ()
+    # whether the process's allocator maps a large output anew each time (CPU; the memory
+    # probe's detail["large_outputs_fault"]; None in older records, read as glibc's default: yes)
+    large_outputs_fault: bool | None = None
 
     @classmethod
     def from_records(cls, records: Sequence[Mapping[str, Any]]) -> ProbeResults:
@@ -86,6 +89,7 @@ class ProbeResults:
         compute: dict[str, float] = {}
         by_size: dict[str, list[tuple[int, int, int, float]]] = {}
         bandwidth = dispatch = floor = first_touch = None
+        large_outputs_fault: bool | None = None
         encoder: tuple[float, int, int] | None = None
         encoder_cold: float | None = None
         ladder: tuple[tuple[float, float], ...] = ()
@@ -132,6 +136,8 @@ class ProbeResults:
                 if isinstance(raw, (int, float)) and (_positive_number(raw) or raw == 0):
                     first_touch = float(raw)
                 ladder = _ladder(detail.get("bandwidth_ratio_by_working_set"))
+                reuse = detail.get("large_outputs_fault")
+                large_outputs_fault = reuse if isinstance(reuse, bool) else None
             elif probe == "dispatch":
                 dispatch = float(value)
                 raw_floor = detail.get("kernel_floor_seconds")
@@ -159,6 +165,7 @@ class ProbeResults:
             tiny_encoder=encoder,
             tiny_encoder_cold_seconds=encoder_cold,
             bandwidth_ratio_by_working_set=ladder,
+            large_outputs_fault=large_outputs_fault,
         )
 
 
@@ -233,6 +240,15 @@ def _half_size(probes: ProbeResults, dtype: str) -> float | None:
     return gemm_half_size_from_rates((probes.rates_by_size or {}).get(dtype, ()), peak)
 
 
+def _first_touch(probes: ProbeResults) -> float | None:
+    """What a large fresh output's page faults cost per byte in this process: the probe's price,
+    or 0 when its allocator hands freed large blocks back instead of mapping them anew (the
+    memory probe's allocator check), so that no forward pays it."""
+    if probes.large_outputs_fault is False and probes.first_touch_seconds_per_byte is not None:
+        return 0.0
+    return probes.first_touch_seconds_per_byte
+
+
 def calibrate(
     probes: ProbeResults,
     *,
@@ -294,7 +310,7 @@ def calibrate(
         else reserved_memory_bytes,
         source="probes",
         # CPU terms only: a GPU's caching allocator reuses memory, its transcendentals are cheap
-        first_touch_seconds_per_byte=None if gpu else probes.first_touch_seconds_per_byte,
+        first_touch_seconds_per_byte=None if gpu else _first_touch(probes),
         tanh_elements_per_second=None if gpu else probes.tanh_elements_per_second,
         exp_elements_per_second=None if gpu else probes.exp_elements_per_second,
         cold_host_ratio=cold_ratio,

@@ -44,6 +44,11 @@ GB, or this one 1-3 GB more); a server's forwards, freeing outputs all the time,
 pages (``BENCHMARKS.md``, "Page faults at two threads, read"). On a GPU the caching allocator
 reuses memory, so nothing is measured there (the keys are absent).
 
+The figure is the price of a fault; whether a forward's large outputs pay it is the allocator's
+choice, so the probe also checks its own process's (:func:`large_outputs_fault`:
+``detail["large_outputs_fault"]``, false when freed large blocks come back, as with glibc tuned,
+jemalloc or tcmalloc, and the model then charges nothing).
+
 On the CPU it also times ``Tensor.copy_`` (torch's threads, as a forward's elementwise ops run)
 over working sets from ``CACHE_LADDER_BYTES[0]`` up (source plus destination: leading views of the
 two buffers), each against the same copy of the whole buffers:
@@ -58,6 +63,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import resource
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -89,6 +95,9 @@ CACHE_LADDER_BYTES = tuple(2**i * 512 * 1024 for i in range(10))  # 512 KiB ... 
 LADDER_SAMPLE_BYTES = 64 * 1024**2
 # Share of the probe's budget the ladder gets.
 LADDER_SHARE = 0.15
+# The allocator check (:func:`large_outputs_fault`) touches one page in this many bytes of its
+# 128 and 64 MiB blocks: 3072 faults at most, a few milliseconds.
+REUSE_CHECK_STRIDE = 64 * 1024
 
 
 def buffer_bytes(llc_bytes: int, memory_cap_bytes: int) -> int:
@@ -159,6 +168,13 @@ def run(request: ProbeRequest, *, timer: Timer | None = None, cuda: Any = None) 
         )
         extra.update(figures, fresh_write_released_bytes=released)
         other_device_seconds += seconds
+        reuse: dict[str, Any] = {}
+
+        def check_reuse() -> None:
+            reuse.update(large_outputs_fault())
+
+        other_device_seconds += timer.time(check_reuse)
+        extra.update(reuse)
     return ProbeResult(
         probe="memory",
         value=rates[best],
@@ -211,6 +227,54 @@ def cache_ladder(
         ratios.append([float(working_set), rate / full_rate])
     ratios.append([2.0 * size, 1.0])
     return ratios, spent
+
+
+def large_outputs_fault(size: int = FRESH_WRITE_BYTES) -> dict[str, Any]:
+    """Whether this process's allocator serves a large output from fresh memory every time.
+
+    The first-touch figure is the price of a page fault; whether a forward's large outputs pay
+    it is the allocator's choice. glibc with its defaults maps every allocation of 32 MiB or more
+    anew and unmaps it when freed, so each forward faults on them again; glibc with a fixed
+    ``MALLOC_MMAP_THRESHOLD_`` above them and heap trimming off, jemalloc or tcmalloc
+    (``LD_PRELOAD``, as CPU serving guides advise) keep the freed memory and hand it back.
+
+    The check asks the process's allocator (``posix_memalign``, as torch's CPU allocator does)
+    for 2 × ``size`` bytes, touches one page in ``REUSE_CHECK_STRIDE``, frees them, then for
+    ``size`` bytes, touching them likewise, counting the process's minor faults each time: the
+    second block faults as often per touched page as the first only if it is fresh. The second
+    is the smaller so that a reusing heap can serve it from the first (asked for the same size
+    again, glibc's memalign wants a few bytes more than the freed chunk holds and grows the heap
+    instead), and the allocator is called directly so that nothing else is allocated in
+    between. Huge pages change the count per page but not the ratio.
+
+    Returns ``{"large_outputs_fault": bool, "large_output_refault_ratio": r}``, r the second
+    block's faults per touched page over the first's (0 when the first did not fault either).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.posix_memalign.argtypes = [
+        ctypes.POINTER(ctypes.c_void_p),
+        ctypes.c_size_t,
+        ctypes.c_size_t,
+    ]
+    libc.free.argtypes = [ctypes.c_void_p]
+    pointer = ctypes.c_void_p()
+    per_page = []
+    for block in (2 * size, size):
+        block_type = ctypes.c_char * block
+        if libc.posix_memalign(ctypes.byref(pointer), 64, block) != 0:
+            raise MemoryError(f"posix_memalign of {block} bytes failed")
+        try:
+            pages = np.frombuffer(block_type.from_address(pointer.value), dtype=np.uint8)
+            touched = pages[::REUSE_CHECK_STRIDE]
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            touched[:] = 1
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+            per_page.append(faults / touched.size)
+            del pages, touched
+        finally:
+            libc.free(pointer)
+    ratio = per_page[1] / per_page[0] if per_page[0] > 0 else 0.0
+    return {"large_outputs_fault": ratio >= 0.5, "large_output_refault_ratio": ratio}
 
 
 def fresh_clone(source: torch.Tensor) -> Callable[[], None]:

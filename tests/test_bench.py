@@ -285,7 +285,8 @@ def test_the_first_touch_what_ifs_rescore_with_another_first_touch_figure(
 ) -> None:
     """--first-touch-scale multiplies the calibrations' first-touch figure; --first-touch-from-
     one-thread replaces it by the run's one-thread calibrations' (median); both refuse what
-    they cannot do with exit 2 and a message."""
+    they cannot do with exit 2 and a message. --large-outputs-reused scores as if the memory
+    probe's allocator check had found large blocks handed back: nothing is charged."""
     data, _ = accuracy_run
     measured = data["scores"]["calibration"]["first_touch_seconds_per_byte"]
     assert measured is not None and measured >= 0
@@ -312,6 +313,13 @@ def test_the_first_touch_what_ifs_rescore_with_another_first_touch_figure(
         tmp_path, "--load", str(both), "--first-touch-from-one-thread", "--first-touch-scale", "0.5"
     )
     assert first_touch(scaled) == pytest.approx(0.5 * (3.0e-10 + 2 * measured), rel=1e-12)
+    # this process runs glibc's defaults: the check found fresh mappings, the price is charged
+    memory_records = [
+        p for c in data["calibrations"] for p in c["probes"] if p["probe"] == "memory"
+    ]
+    assert memory_records
+    assert all(p["detail"]["large_outputs_fault"] is True for p in memory_records)
+    assert first_touch(rescore(tmp_path, "--load", str(saved), "--large-outputs-reused")) == 0.0
     for args, message in (
         (["--load", str(saved), "--first-touch-from-one-thread"], "no one-thread calibration"),
         (["--load", str(saved), "--first-touch-scale", "0"], "positive number"),

@@ -409,6 +409,37 @@ def test_cpu_figures_are_read_and_calibrated_on_a_cpu_only() -> None:
         assert ProbeResults.from_records(broken).bandwidth_ratio_by_working_set == ()
 
 
+def test_no_page_fault_is_charged_when_the_allocator_reuses_large_blocks() -> None:
+    """The memory probe's allocator check decides whether a large output pays the first-touch
+    price: reused (glibc tuned, jemalloc) nothing does, c_ft 0; fresh, or not checked (older
+    workers: glibc's default), the measured price; garbage is not trusted."""
+    price = NEW_FIGURES["first_touch_seconds_per_byte"]
+
+    def calibrated(check: object) -> tuple[ProbeResults, float | None]:
+        records = with_cpu_figures(RECORDS)
+        detail = {**records[1]["detail"], "large_outputs_fault": check}  # type: ignore[dict-item]
+        records[1] = {**records[1], "detail": detail}
+        probes = ProbeResults.from_records(records)
+        return probes, calibrate(probes).first_touch_seconds_per_byte
+
+    reused, first_touch = calibrated(False)
+    assert reused.large_outputs_fault is False and reused.first_touch_seconds_per_byte == price
+    assert first_touch == 0.0
+    # BigBird's 16 x 512 has outputs over 32 MiB: charged when they fault, not when reused
+    cost = forward_cost(PRESETS["bigbird-roberta-base"], 16, 512, "float32")
+    faulting = calibrate(replace(reused, large_outputs_fault=True))
+    assert (
+        time_forward(cost, calibrate(reused)).latency_seconds
+        < time_forward(cost, faulting).latency_seconds
+    )
+    for check, expected in ((True, True), (None, None), ("no", None), (0, None)):
+        probes, first_touch = calibrated(check)
+        assert probes.large_outputs_fault is expected
+        assert first_touch == price
+    gpu = calibrate(reused, kind="gpu", memory_bytes=80 * 1024**3)
+    assert gpu.first_touch_seconds_per_byte is None
+
+
 BIGBIRD_GRID = [
     ("bigbird-roberta-base", 1, 16),
     ("bigbird-roberta-base", 1, 128),

@@ -6,8 +6,11 @@ came from, not against expected speeds (the machine is shared and noisy).
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -245,6 +248,47 @@ def test_memory_measures_the_cost_of_writing_fresh_memory_on_the_cpu() -> None:
         max(0.0, clone_seconds_per_byte - copy_seconds_per_byte), abs=1e-15
     )
     assert result.device_seconds > result.measurement.device_seconds  # the clone is counted
+
+
+# glibc kept from mapping or trimming anything under 4 GiB, as a tuned CPU server runs it
+TUNED_MALLOC = {
+    "MALLOC_MMAP_THRESHOLD_": str(4 * 1024**3),
+    "MALLOC_TRIM_THRESHOLD_": str(64 * 1024**3),
+    "MALLOC_TOP_PAD_": str(1024**3),
+}
+
+
+def allocator_check(extra_env: dict[str, str]) -> dict[str, Any]:
+    """:func:`memory.large_outputs_fault` in a fresh Python under glibc's defaults plus
+    ``extra_env`` (glibc reads its MALLOC_ variables once, at start)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    code = (
+        "import json; from scaleprobe.probes.memory import large_outputs_fault; "
+        "print(json.dumps(large_outputs_fault()))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, **extra_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_the_memory_probe_tells_whether_the_allocator_maps_large_outputs_anew() -> None:
+    """glibc's defaults map 64 MiB fresh every time (the second block faults as often as the
+    first); glibc tuned keeps the freed block and hands it back (no fault), and the probe's
+    record says so, which is what turns the first-touch charge off (models.fit)."""
+    fresh = allocator_check({})
+    assert fresh["large_outputs_fault"] is True
+    assert 0.5 <= fresh["large_output_refault_ratio"] < 2.0
+    reused = allocator_check(TUNED_MALLOC)
+    assert reused["large_outputs_fault"] is False
+    assert reused["large_output_refault_ratio"] < 0.1
+    result = memory.run(ProbeRequest(timing=QUICK))  # this process: glibc's defaults
+    assert result.detail["large_outputs_fault"] is True
 
 
 def test_memory_measures_cached_copy_rates_by_working_set_on_the_cpu() -> None:
