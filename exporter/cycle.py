@@ -355,7 +355,11 @@ def _calibrate(
             if probe_results.dispatch_seconds is not None
             else params.dispatch_seconds
         ),
-        first_touch_seconds_per_byte=params.first_touch_seconds_per_byte,
+        # the price the probe measured, also when the allocator check turned the charge off
+        # (params then carry 0): the history smooths the price, not the allocator's choice
+        first_touch_seconds_per_byte=None
+        if params.first_touch_seconds_per_byte is None
+        else probe_results.first_touch_seconds_per_byte,
     )
     return params, sample, ""
 
@@ -372,8 +376,16 @@ def _steady_first_touch(params: DeviceParams, history: Sequence[CalibrationSampl
     (free page reporting), a probe now and then faults only memory the host has to back again and
     measures 5-12 times the usual cost (2 of 27 calibrations on a Firecracker guest), which would
     make that cycle's predictions for large activations 2-3 times too slow.
+
+    Where this calibration charges nothing although its probe measured a price, the allocator
+    check found freed large blocks handed back (``models.fit``): no output faults, whatever the
+    price, so there is nothing to smooth (a daemon restarted under tcmalloc stops charging at
+    once, not after three calibrations).
     """
     if params.first_touch_seconds_per_byte is None:
+        return params
+    measured = history[-1].first_touch_seconds_per_byte if history else None
+    if params.first_touch_seconds_per_byte == 0.0 and measured:
         return params
     figures = [
         h.first_touch_seconds_per_byte

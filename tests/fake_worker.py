@@ -47,7 +47,11 @@ def point_latency_seconds(point: dict, slowdown: float) -> float:
 
 
 def result_document(
-    request: dict, slowdown: float, skip_calibration: bool, first_touch: float | None = None
+    request: dict,
+    slowdown: float,
+    skip_calibration: bool,
+    first_touch: float | None = None,
+    large_outputs_reused: bool = False,
 ) -> dict:
     now = time.time()
     dtype = request.get("dtype", "float32")
@@ -73,7 +77,10 @@ def result_document(
                 else {},
             }
             if probe == "memory" and first_touch is not None:
-                record["detail"] = {"first_touch_seconds_per_byte": first_touch}
+                record["detail"] = {
+                    "first_touch_seconds_per_byte": first_touch,
+                    "large_outputs_fault": not large_outputs_reused,
+                }
             if outcome != "ok":
                 record["reason"] = "fake: device busy"
             probes.append(record)
@@ -126,6 +133,11 @@ def main() -> int:
     parser.add_argument("--record")
     parser.add_argument("--skip-calibration", action="store_true")
     parser.add_argument("--first-touch", type=float, help="memory probe's first-touch s/B (CPU)")
+    parser.add_argument(
+        "--large-outputs-reused",
+        action="store_true",
+        help="with --first-touch: the allocator check found freed large blocks handed back",
+    )
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--pidfile", help="write this process's id here (to check it was ended)")
     args = parser.parse_args()
@@ -152,7 +164,13 @@ def main() -> int:
     if args.mode == "garbage":
         print("this is not JSON {")
         return 0
-    document = result_document(request, args.slowdown, args.skip_calibration, args.first_touch)
+    document = result_document(
+        request,
+        args.slowdown,
+        args.skip_calibration,
+        args.first_touch,
+        args.large_outputs_reused,
+    )
     if args.mode == "wrong-schema":
         document["schema"] = "scaleprobe.worker/9"
     print(json.dumps(document))

@@ -191,6 +191,30 @@ def test_one_slow_first_touch_figure_is_outvoted_by_the_recent_calibrations(
     )
 
 
+def test_an_allocator_that_hands_large_blocks_back_stops_the_fault_charge_at_once(
+    config: Config,
+) -> None:
+    """Restarted under tcmalloc (the worker's allocator check reads no refault), the daemon
+    charges no first touch from that cycle on, not once the median of five turns; the history
+    keeps the price the probe measured, so back under glibc's defaults the charge returns as
+    that median."""
+    steady = cycles(config, 3, "--first-touch", "2.5e-10").state
+    assert steady.calibration is not None
+    assert steady.calibration["first_touch_seconds_per_byte"] > 1e-10
+    reused = run_cycle(
+        config,
+        "cpu",
+        steady,
+        command=fake("--first-touch", "2.5e-10", "--large-outputs-reused"),
+    ).state
+    assert reused.calibration is not None
+    assert reused.calibration["first_touch_seconds_per_byte"] == 0.0
+    assert reused.history[-1].first_touch_seconds_per_byte == pytest.approx(2.5e-10)
+    back = run_cycle(config, "cpu", reused, command=fake("--first-touch", "2.5e-10")).state
+    assert back.calibration is not None
+    assert back.calibration["first_touch_seconds_per_byte"] == pytest.approx(2.5e-10, rel=0.3)
+
+
 def test_baseline_reset_pins_the_new_calibration(config: Config) -> None:
     steady = cycles(config, 2).state
     slow = run_cycle(
