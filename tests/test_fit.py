@@ -411,7 +411,7 @@ def test_cpu_figures_are_read_and_calibrated_on_a_cpu_only() -> None:
 
 def test_no_page_fault_is_charged_when_the_allocator_reuses_large_blocks() -> None:
     """The memory probe's allocator check decides whether a large output pays the first-touch
-    price: reused (glibc tuned, jemalloc) nothing does, c_ft 0; fresh, or not checked (older
+    price: reused (glibc tuned, tcmalloc) nothing does, c_ft 0; fresh, or not checked (older
     workers: glibc's default), the measured price; garbage is not trusted."""
     price = NEW_FIGURES["first_touch_seconds_per_byte"]
 

@@ -534,6 +534,19 @@ def test_a_memory_probe_that_may_not_release_pages_measures_as_before_and_says_w
     assert 0.0 <= result.detail["first_touch_seconds_per_byte"] < 1e-8
 
 
+def test_a_memory_probe_whose_allocator_check_fails_measures_the_rest_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refused(size: int = memory.FRESH_WRITE_BYTES) -> dict[str, Any]:
+        raise MemoryError(f"posix_memalign of {2 * size} bytes failed")
+
+    monkeypatch.setattr(memory, "large_outputs_fault", refused)
+    result = memory.run(ProbeRequest(timing=QUICK))
+    assert "large_outputs_fault" not in result.detail  # read as glibc's default: charged
+    assert "posix_memalign" in result.detail["large_outputs_check_error"]
+    assert 0.0 <= result.detail["first_touch_seconds_per_byte"] < 1e-8
+
+
 def test_first_touch_is_the_clone_time_beyond_the_copy_and_never_negative() -> None:
     mib = 1024**2
     # 64 MiB cloned in 25 ms against a 40 GB/s copy (3.4 ms for the same traffic)
