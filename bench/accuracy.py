@@ -322,7 +322,8 @@ def median_first_touch(records: Sequence[Mapping[str, Any]]) -> float | None:
 
 # What-ifs set by main(): figures given to calibrations that lack them (--assume-cpu-figures:
 # first-touch s/B, tanh and exp elements/s; --assume-cache-ladder), figures every calibration
-# gets whatever it measured (--without-cache-ladder, --first-touch-from-one-thread), the probe
+# gets whatever it measured (--without-cache-ladder, --first-touch-from-one-thread,
+# --elementwise-ratio), the probe
 # readings to score with (--streamed-square, --large-outputs-reused) and a factor on the
 # first-touch figure
 # (--first-touch-scale).
@@ -940,6 +941,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "figure here, BENCHMARKS.md)",
     )
     parser.add_argument(
+        "--elementwise-ratio",
+        type=float,
+        metavar="RHO",
+        help="score with every calibration's elementwise bandwidth ratio (the share of the "
+        "copy rate an elementwise kernel runs at) set to RHO instead of the CPU default "
+        "(models.fit.DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO, 0.5): a what-if, BENCHMARKS.md",
+    )
+    parser.add_argument(
         "--large-outputs-reused",
         action="store_true",
         help="score as if every calibration's allocator check had found freed large blocks "
@@ -980,6 +989,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         len(args.assume_cpu_figures) != 3 or min(args.assume_cpu_figures) <= 0
     ):
         parser.error("--assume-cpu-figures takes three positive numbers: FT,TANH,EXP")
+    if args.elementwise_ratio is not None and not args.elementwise_ratio > 0:
+        parser.error(f"--elementwise-ratio must be a positive number, got {args.elementwise_ratio}")
     if not args.first_touch_scale > 0:
         parser.error(f"--first-touch-scale must be a positive number, got {args.first_touch_scale}")
     if args.first_touch_from_one_thread and not args.load:
@@ -1003,6 +1014,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     FIRST_TOUCH_SCALE["factor"] = args.first_touch_scale
     if args.without_cache_ladder:
         FORCED_CPU_FIGURES["bandwidth_ratio_by_working_set"] = ()
+    if args.elementwise_ratio is not None:
+        FORCED_CPU_FIGURES["elementwise_bandwidth_ratio"] = args.elementwise_ratio
     if args.assume_cpu_figures:
         names = ("first_touch_seconds_per_byte", "tanh_elements_per_second")
         ASSUMED_CPU_FIGURES.update(

@@ -320,9 +320,14 @@ def test_the_first_touch_what_ifs_rescore_with_another_first_touch_figure(
     assert memory_records
     assert all(p["detail"]["large_outputs_fault"] is True for p in memory_records)
     assert first_touch(rescore(tmp_path, "--load", str(saved), "--large-outputs-reused")) == 0.0
+    # --elementwise-ratio replaces the CPU default rho (0.5) in every calibration
+    assert data["scores"]["calibration"]["elementwise_bandwidth_ratio"] == 0.5
+    rho = rescore(tmp_path, "--load", str(saved), "--elementwise-ratio", "1.0")
+    assert rho["calibration"]["elementwise_bandwidth_ratio"] == 1.0
     for args, message in (
         (["--load", str(saved), "--first-touch-from-one-thread"], "no one-thread calibration"),
         (["--load", str(saved), "--first-touch-scale", "0"], "positive number"),
+        (["--load", str(saved), "--elementwise-ratio", "-1"], "positive number"),
         (["--first-touch-from-one-thread"], "give --load"),
     ):
         done = subprocess.run(
