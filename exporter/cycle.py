@@ -715,6 +715,7 @@ def run_cycle(
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         reason = f"unusable result document: {type(error).__name__}: {error}"
         return _failed(previous, device, "malformed", reason, duration, now)
+    _log_allocator_change(previous, state, device)
     measured = sum(1 for p in outcome.result.get("points", []) if p.get("outcome") == "ok")
     log.info(
         "cycle done",
@@ -730,6 +731,38 @@ def run_cycle(
         },
     )
     return CycleResult(state, "ok", state.last_cycle_reason, measured)
+
+
+def _large_outputs_reused(state: DeviceState | None) -> bool | None:
+    """Whether the state's calibration charges no page faults because the worker's allocator
+    hands freed large blocks back (a charge of 0 beside a measured price); None without a CPU
+    calibration that has the first-touch figure."""
+    if state is None or state.calibration is None or not state.history:
+        return None
+    charged = state.calibration.get("first_touch_seconds_per_byte")
+    price = state.history[-1].first_touch_seconds_per_byte
+    if charged is None or price is None:
+        return None
+    return charged == 0.0 and price > 0
+
+
+def _log_allocator_change(previous: DeviceState | None, state: DeviceState, device: str) -> None:
+    """One line when the worker's allocator behaviour is first seen or changes (CPU): what the
+    model charges large outputs follows it, and it is the server's only if the daemon runs with
+    the server's allocator settings."""
+    reused = _large_outputs_reused(state)
+    if reused is None or reused == _large_outputs_reused(previous):
+        return
+    message = (
+        "the probe worker's allocator hands freed large blocks back: large outputs are charged "
+        "no page faults"
+        if reused
+        else "the probe worker's allocator maps large outputs anew: their page faults are charged"
+    )
+    log.info(
+        message + " (run scaleprobe with the server's MALLOC_* and LD_PRELOAD settings)",
+        extra={"device": device},
+    )
 
 
 def _failure_reason(outcome: Any) -> str:

@@ -7,6 +7,7 @@ the real probe worker on a tiny model.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 from dataclasses import replace
@@ -192,13 +193,22 @@ def test_one_slow_first_touch_figure_is_outvoted_by_the_recent_calibrations(
 
 
 def test_an_allocator_that_hands_large_blocks_back_stops_the_fault_charge_at_once(
-    config: Config,
+    config: Config, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Restarted under tcmalloc (the worker's allocator check reads no refault), the daemon
     charges no first touch from that cycle on, not once the median of five turns; the history
     keeps the price the probe measured, so back under glibc's defaults the charge returns as
-    that median."""
+    that median. Each change of the allocator's behaviour is logged once."""
+    caplog.set_level(logging.INFO, logger="scaleprobe.cycle")
+
+    def allocator_lines() -> list[str]:
+        lines = [r.getMessage() for r in caplog.records if "allocator" in r.getMessage()]
+        caplog.clear()
+        return lines
+
     steady = cycles(config, 3, "--first-touch", "2.5e-10").state
+    first = allocator_lines()
+    assert len(first) == 1 and "maps large outputs anew" in first[0]
     assert steady.calibration is not None
     assert steady.calibration["first_touch_seconds_per_byte"] > 1e-10
     reused = run_cycle(
@@ -210,9 +220,13 @@ def test_an_allocator_that_hands_large_blocks_back_stops_the_fault_charge_at_onc
     assert reused.calibration is not None
     assert reused.calibration["first_touch_seconds_per_byte"] == 0.0
     assert reused.history[-1].first_touch_seconds_per_byte == pytest.approx(2.5e-10)
+    switched = allocator_lines()
+    assert len(switched) == 1 and "hands freed large blocks back" in switched[0]
+    assert "LD_PRELOAD" in switched[0]
     back = run_cycle(config, "cpu", reused, command=fake("--first-touch", "2.5e-10")).state
     assert back.calibration is not None
     assert back.calibration["first_touch_seconds_per_byte"] == pytest.approx(2.5e-10, rel=0.3)
+    assert ["maps large outputs anew" in line for line in allocator_lines()] == [True]
 
 
 def test_baseline_reset_pins_the_new_calibration(config: Config) -> None:
