@@ -323,10 +323,8 @@ def median_first_touch(records: Sequence[Mapping[str, Any]]) -> float | None:
 # What-ifs set by main(): figures given to calibrations that lack them (--assume-cpu-figures:
 # first-touch s/B, tanh and exp elements/s; --assume-cache-ladder), figures every calibration
 # gets whatever it measured (--without-cache-ladder, --first-touch-from-one-thread,
-# --elementwise-ratio), the probe
-# readings to score with (--streamed-square, --large-outputs-reused) and a factor on the
-# first-touch figure
-# (--first-touch-scale).
+# --elementwise-ratio), the probe readings to score with (--streamed-square,
+# --large-outputs-reused) and a factor on the first-touch figure (--first-touch-scale).
 ASSUMED_CPU_FIGURES: dict[str, Any] = {}
 FORCED_CPU_FIGURES: dict[str, Any] = {}
 READINGS: dict[str, bool] = {"streamed_square": False, "large_outputs_reused": False}

@@ -323,9 +323,16 @@ def _measurement(record: Mapping[str, Any], now: float) -> Measurement:
 
 
 def _calibrate(
-    result: Mapping[str, Any], device: str, dtype: str, name: str, now: float
+    result: Mapping[str, Any],
+    device: str,
+    dtype: str,
+    name: str,
+    now: float,
+    history: Sequence[CalibrationSample],
 ) -> tuple[DeviceParams | None, CalibrationSample | None, str]:
-    """The probes' calibration and its history sample; or None and why (compute/memory not ok)."""
+    """The probes' calibration, its first-touch price steadied over ``history`` (the earlier
+    calibrations, :func:`_steady_first_touch`), and its history sample; or None and why
+    (compute/memory not ok)."""
     probe_results = fit_module.ProbeResults.from_records(result.get("probes", []))
     bandwidth = probe_results.memory_bandwidth_bytes_per_second
     if dtype not in probe_results.compute_flops_per_second or bandwidth is None:
@@ -339,9 +346,16 @@ def _calibrate(
                 )
         return None, None, "calibration probes did not run: " + "; ".join(missing)
     memory_bytes = result.get("device", {}).get("memory_bytes")
+    gpu = device.startswith("cuda")
+    price = None if gpu else probe_results.first_touch_seconds_per_byte
+    # calibrate() charges the steadied price, or nothing where the allocator check found freed
+    # large blocks handed back (models.fit)
+    steady = replace(
+        probe_results, first_touch_seconds_per_byte=_steady_first_touch(price, history)
+    )
     params = fit_module.calibrate(
-        probe_results,
-        kind="gpu" if device.startswith("cuda") else "cpu",
+        steady,
+        kind="gpu" if gpu else "cpu",
         memory_bytes=int(memory_bytes) if memory_bytes else 16 * 2**30,
         name=name,
     )
@@ -355,11 +369,9 @@ def _calibrate(
             if probe_results.dispatch_seconds is not None
             else params.dispatch_seconds
         ),
-        # the price the probe measured, also when the allocator check turned the charge off
-        # (params then carry 0): the history smooths the price, not the allocator's choice
-        first_touch_seconds_per_byte=None
-        if params.first_touch_seconds_per_byte is None
-        else probe_results.first_touch_seconds_per_byte,
+        # the price the probe measured, also where the allocator check turns the charge off:
+        # the history steadies the price, not the allocator's choice
+        first_touch_seconds_per_byte=price,
     )
     return params, sample, ""
 
@@ -368,33 +380,26 @@ def _calibrate(
 FIRST_TOUCH_SAMPLES = 5
 
 
-def _steady_first_touch(params: DeviceParams, history: Sequence[CalibrationSample]) -> DeviceParams:
-    """``params`` with the first-touch cost the median of the last ``FIRST_TOUCH_SAMPLES``
-    calibrations' (this one included, the last in ``history``).
+def _steady_first_touch(price: float | None, history: Sequence[CalibrationSample]) -> float | None:
+    """The median of this calibration's first-touch price and those of the calibrations before
+    it in ``history``, ``FIRST_TOUCH_SAMPLES`` in all (None without a price: a GPU, an older
+    worker).
 
     One calibration's figure is not enough: in a VM that hands freed memory back to its host
     (free page reporting), a probe now and then faults only memory the host has to back again and
     measures 5-12 times the usual cost (2 of 27 calibrations on a Firecracker guest), which would
-    make that cycle's predictions for large activations 2-3 times too slow.
-
-    Where this calibration charges nothing although its probe measured a price, the allocator
-    check found freed large blocks handed back (``models.fit``): no output faults, whatever the
-    price, so there is nothing to smooth (a daemon restarted under tcmalloc stops charging at
-    once, not after three calibrations).
+    make that cycle's predictions for large activations 2-3 times too slow. Whether the price is
+    charged at all is the allocator's (``models.fit.calibrate``): a daemon restarted under
+    tcmalloc charges nothing from its first calibration on.
     """
-    if params.first_touch_seconds_per_byte is None:
-        return params
-    measured = history[-1].first_touch_seconds_per_byte if history else None
-    if params.first_touch_seconds_per_byte == 0.0 and measured:
-        return params
-    figures = [
+    if price is None:
+        return None
+    earlier = [
         h.first_touch_seconds_per_byte
-        for h in history[-FIRST_TOUCH_SAMPLES:]
+        for h in history[-(FIRST_TOUCH_SAMPLES - 1) :]
         if h.first_touch_seconds_per_byte is not None
     ]
-    if not figures:
-        return params
-    return replace(params, first_touch_seconds_per_byte=statistics.median(figures))
+    return statistics.median([*earlier, price])
 
 
 def _for_dtype(params: DeviceParams | None, dtype: str) -> DeviceParams | None:
@@ -556,11 +561,11 @@ def apply_result(
 
     # 1. calibration from the probes (compute and memory ok), else the last good one is kept
     fresh_params, sample, reason = _calibrate(
-        result, device, dtype, identity["modelName"] or device, now
+        result, device, dtype, identity["modelName"] or device, now, base.history
     )
     calibrated = fresh_params is not None
     history = [*base.history, *([sample] if sample is not None else [])]
-    start = _steady_first_touch(fresh_params, history) if fresh_params is not None else prior
+    start = fresh_params if fresh_params is not None else prior
     if start is None:  # never calibrated: nothing to predict with yet
         return replace(base, up=False, last_cycle_reason=reason, **common)
 
