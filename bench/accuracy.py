@@ -731,12 +731,17 @@ def render(data: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
     """The tables as Markdown (pasted into BENCHMARKS.md)."""
     s = data["settings"]
     m = data["machine"]
+    c = scores["calibration"]
     lines = [
         f"accuracy: {m.get('cpu_model')}, torch {m.get('torch_version')}, "
         f"{s['threads']} threads, float32, {s['rounds']} rounds "
         f"({scores.get('statistic', 'median')} per point), measured {m.get('date')}, "
         f"load average at start {m.get('load_average', ['?'])[0]:.2f}, "
         f"sweep {data.get('duration_seconds', 0) / 60:.1f} min",
+        "",
+        f"probes' calibration: W {c['memory_bandwidth_bytes_per_second'] / 1e9:.1f} GB/s, "
+        f"elementwise share ρ {c['elementwise_bandwidth_ratio']:.2f}, first touch "
+        f"{(c.get('first_touch_seconds_per_byte') or 0.0) * 1e9:.3f} ns/B",
         "",
     ]
     batches = [str(b) for b in s["batch_sizes"]]
@@ -943,8 +948,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         metavar="RHO",
         help="score with every calibration's elementwise bandwidth ratio (the share of the "
-        "copy rate an elementwise kernel runs at) set to RHO instead of the CPU default "
-        "(models.fit.DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO, 0.5): a what-if, BENCHMARKS.md",
+        "copy rate an elementwise kernel runs at) set to RHO instead of what the probes give "
+        "(the memory probe's elementwise chain under an allocator that hands large blocks back, "
+        "else models.fit.DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO, 0.5): a what-if, BENCHMARKS.md",
     )
     parser.add_argument(
         "--large-outputs-reused",

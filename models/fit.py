@@ -35,15 +35,21 @@ from scaleprobe.models.devices import (
     params_from_spec,
 )
 from scaleprobe.models.errors import InputError
-from scaleprobe.models.predict import time_forward
+from scaleprobe.models.predict import cache_ratio, time_forward
 
 # Host cost of one nn.Module call (Python: __call__, hooks, HF's decorators) relative to the
 # dispatch probe's cost per tiny op: on this machine 0.9 µs per op, about 8 µs per module call
 # (a 12-layer hidden-32 BERT, compute negligible: 2.2 ms for 482 ops in 212 module calls).
 DEFAULT_MODULE_FACTOR = 9.0
 # Elementwise kernels of a forward run below the copy probe's streaming bandwidth (several
-# passes over small tensors, reductions in LayerNorm/softmax, GELU's arithmetic).
+# passes over small tensors, reductions in LayerNorm/softmax, GELU's arithmetic). The CPU figure
+# when the memory probe did not measure its elementwise chain, or when the process's allocator
+# maps large outputs anew (glibc's defaults): then outputs under 32 MiB fault too, now and then
+# (the heap's top handed back and taken again), which no probe reproduces and this figure absorbs
+# (docs/model.md, "Elementwise bandwidth").
 DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO = 0.5
+# A measured ratio outside this range is clamped into it: the chain was disturbed.
+CPU_ELEMENTWISE_RATIO_RANGE = (0.25, 2.0)
 DEFAULT_CPU_GEMM_HALF_SIZE = 32.0
 # Products smaller than this many FLOPs time the library's per-call set-up, not the curve.
 MIN_CURVE_FLOPS = 1e6
@@ -82,6 +88,9 @@ class ProbeResults:
     # whether the process's allocator maps a large output anew each time (CPU; the memory
     # probe's detail["large_outputs_fault"]; None in older records, read as glibc's default: yes)
     large_outputs_fault: bool | None = None
+    # (bytes per op, bytes per second) of the memory probe's elementwise chain (CPU), from
+    # detail["elementwise_chain"]; None in older records
+    elementwise_chain: tuple[float, float] | None = None
 
     @classmethod
     def from_records(cls, records: Sequence[Mapping[str, Any]]) -> ProbeResults:
@@ -90,6 +99,7 @@ class ProbeResults:
         by_size: dict[str, list[tuple[int, int, int, float]]] = {}
         bandwidth = dispatch = floor = first_touch = None
         large_outputs_fault: bool | None = None
+        chain: tuple[float, float] | None = None
         encoder: tuple[float, int, int] | None = None
         encoder_cold: float | None = None
         ladder: tuple[tuple[float, float], ...] = ()
@@ -138,6 +148,12 @@ class ProbeResults:
                 ladder = _ladder(detail.get("bandwidth_ratio_by_working_set"))
                 reuse = detail.get("large_outputs_fault")
                 large_outputs_fault = reuse if isinstance(reuse, bool) else None
+                ops = _reading(
+                    detail.get("elementwise_chain"),
+                    (("bytes_moved", float), ("ops", float), ("bytes_per_second", float)),
+                )
+                if ops is not None and all(_positive_number(v) for v in ops):
+                    chain = (ops[0] / ops[1], ops[2])
             elif probe == "dispatch":
                 dispatch = float(value)
                 raw_floor = detail.get("kernel_floor_seconds")
@@ -166,6 +182,7 @@ class ProbeResults:
             tiny_encoder_cold_seconds=encoder_cold,
             bandwidth_ratio_by_working_set=ladder,
             large_outputs_fault=large_outputs_fault,
+            elementwise_chain=chain,
         )
 
 
@@ -240,6 +257,20 @@ def _half_size(probes: ProbeResults, dtype: str) -> float | None:
     return gemm_half_size_from_rates((probes.rates_by_size or {}).get(dtype, ()), peak)
 
 
+def _elementwise_ratio(probes: ProbeResults, params: DeviceParams) -> float:
+    """ρ on a CPU: the memory probe's elementwise chain over the copy bandwidth and the cache
+    ladder's ratio at the chain's bytes per op (the rate the model would give it at ρ = 1), when
+    the process's allocator hands large blocks back (its check read no faults); else
+    ``DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO``, which also absorbs the faults glibc's defaults
+    cause under 32 MiB."""
+    if probes.large_outputs_fault is not False or probes.elementwise_chain is None:
+        return DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO
+    bytes_per_op, rate = probes.elementwise_chain
+    streaming = params.memory_bandwidth_bytes_per_second * cache_ratio(bytes_per_op, params)
+    low, high = CPU_ELEMENTWISE_RATIO_RANGE
+    return min(max(rate / streaming, low), high)
+
+
 def _first_touch(probes: ProbeResults) -> float | None:
     """What a large fresh output's page faults cost per byte in this process: the probe's price,
     or 0 when its allocator hands freed large blocks back instead of mapping them anew (the
@@ -292,7 +323,7 @@ def calibrate(
         if probes.kernel_floor_seconds is not None
         else (3e-6 if gpu else 0.0)
     )
-    return DeviceParams(
+    params = DeviceParams(
         name=name,
         kind=kind,
         compute_flops_per_second=dict(probes.compute_flops_per_second),
@@ -316,6 +347,9 @@ def calibrate(
         cold_host_ratio=cold_ratio,
         bandwidth_ratio_by_working_set=() if gpu else probes.bandwidth_ratio_by_working_set,
     )
+    if gpu:
+        return params
+    return replace(params, elementwise_bandwidth_ratio=_elementwise_ratio(probes, params))
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,11 @@ two buffers), each against the same copy of the whole buffers:
 the whole buffers at 1.0. A forward's activations are written by one op and read by the next, so
 while they fit the caches their elementwise ops run at these cached rates, not at DRAM's: on a
 Xeon guest 3-6 × the DRAM copy rate up to a few MiB, 2 × up to 64 MiB (``docs/model.md``).
+
+Last on the CPU it times a chain of eager elementwise ops (``gelu_new``'s but its tanh) over views
+of the buffers (:func:`elementwise_chain`, ``detail["elementwise_chain"]``): how fast a forward's
+separate out-of-place ops stream against the copy, with no page faults in it. On this Xeon guest,
+over the cache ladder's ratio at its bytes per op, 0.88-1.05 of the copy rate at 32 MiB tensors.
 """
 
 from __future__ import annotations
@@ -95,9 +100,22 @@ CACHE_LADDER_BYTES = tuple(2**i * 512 * 1024 for i in range(10))  # 512 KiB ... 
 LADDER_SAMPLE_BYTES = 64 * 1024**2
 # Share of the probe's budget the ladder gets.
 LADDER_SHARE = 0.15
+# The elementwise chain (:func:`elementwise_chain`): HF's ``gelu_new`` without its tanh (the
+# compute probe prices tanh), seven out-of-place ops into existing tensors, each the given number
+# of tensor passes (a scalar op reads one and writes one, a binary op reads two). Each tensor is
+# this fraction of a buffer (32 MiB of 256 MiB buffers: a base encoder's FFN activations at 4 × 512
+# to 8 × 512 tokens); its share of the probe's budget.
+ELEMENTWISE_CHAIN_PASSES = (2, 2, 3, 2, 2, 2, 3)
+ELEMENTWISE_TENSOR_FRACTION = 8
+ELEMENTWISE_SHARE = 0.1
 # The allocator check (:func:`large_outputs_fault`) touches one page in this many bytes of its
-# 128 and 64 MiB blocks: 3072 faults at most, a few milliseconds.
+# 128 and 64 MiB blocks: 3072 faults at most, a few milliseconds per attempt.
 REUSE_CHECK_STRIDE = 64 * 1024
+# Attempts of the check; the allocator maps large outputs anew only if every attempt says so.
+# tcmalloc hands a freed span back to the system now and then (its gradual release): one attempt
+# read "fresh" in 2 of 27 calibrations of three tcmalloc sweeps (accuracy-34 to -36), while
+# glibc's defaults map anew every time.
+REUSE_CHECK_ATTEMPTS = 3
 
 
 def buffer_bytes(llc_bytes: int, memory_cap_bytes: int) -> int:
@@ -129,7 +147,9 @@ def run(request: ProbeRequest, *, timer: Timer | None = None, cuda: Any = None) 
         methods["memcpy"] = lambda: np.copyto(destination_array, source_array)
     fresh = not request.is_cuda and size >= FRESH_WRITE_BYTES
     ladder = not request.is_cuda
-    others = (FRESH_WRITE_SHARE if fresh else 0.0) + (LADDER_SHARE if ladder else 0.0)
+    others = (FRESH_WRITE_SHARE if fresh else 0.0) + (
+        LADDER_SHARE + ELEMENTWISE_SHARE if ladder else 0.0
+    )
     share = request.timing.scaled((1.0 - others) / len(methods))
     measured = {name: measure(fn, share, timer, threads=threads) for name, fn in methods.items()}
     rates = {name: 2.0 * size / m.median_seconds for name, m in measured.items()}
@@ -145,6 +165,11 @@ def run(request: ProbeRequest, *, timer: Timer | None = None, cuda: Any = None) 
             timer,
         )
         extra["bandwidth_ratio_by_working_set"] = ratios
+        other_device_seconds += seconds
+        chain, seconds = elementwise_chain(
+            source, destination, request.timing.scaled(ELEMENTWISE_SHARE), timer
+        )
+        extra["elementwise_chain"] = chain
         other_device_seconds += seconds
     if fresh:
         # The buffers are not read again: past the clone's own views, their pages go back to the
@@ -232,7 +257,54 @@ def cache_ladder(
     return ratios, spent
 
 
-def large_outputs_fault(size: int = FRESH_WRITE_BYTES) -> dict[str, Any]:
+def elementwise_chain(
+    source: torch.Tensor, destination: torch.Tensor, timing: TimingRequest, timer: Timer
+) -> tuple[dict[str, float], float]:
+    """The streaming rate of a forward's eager elementwise ops, and the device seconds spent.
+
+    A forward's activation and glue are separate out-of-place ops, each a pass or two over its
+    tensors on torch's threads: slower per byte than one long copy (every op starts its threads
+    and walks its tensors anew; a binary op streams two inputs). The chain is ``gelu_new``'s ops
+    but its tanh (``ELEMENTWISE_CHAIN_PASSES``) over tensors of 1/``ELEMENTWISE_TENSOR_FRACTION``
+    of a buffer: the input a leading view of ``source``, the outputs views of ``destination``,
+    which exist already, so that no page faults (the first-touch figure prices those, and whether
+    a forward pays them is the allocator's choice). By the median sample.
+
+    Returns ``{"tensor_bytes", "ops", "bytes_moved", "seconds", "bytes_per_second"}``: the bytes
+    each tensor holds, the chain's op count, its minimum traffic (each operand read once, each
+    result written once, as the model counts), the median chain's seconds, and the rate. The model
+    divides the rate by the copy bandwidth and the cache ladder's ratio at the bytes per op
+    (``scaleprobe.models.fit``).
+    """
+    elements = source.numel() // ELEMENTWISE_TENSOR_FRACTION
+    x = source[:elements]
+    a, b, c = (destination[i * elements : (i + 1) * elements] for i in range(3))
+
+    def chain() -> None:
+        torch.pow(x, 3.0, out=a)
+        torch.mul(a, 0.044715, out=b)
+        torch.add(x, b, out=a)
+        torch.mul(a, 0.7978845608, out=b)
+        torch.add(b, 1.0, out=a)
+        torch.mul(x, 0.5, out=b)
+        torch.mul(b, a, out=c)
+
+    m = measure(chain, timing, timer, threads=torch.get_num_threads())
+    tensor_bytes = elements * source.element_size()
+    moved = float(sum(ELEMENTWISE_CHAIN_PASSES) * tensor_bytes)
+    figures = {
+        "tensor_bytes": float(tensor_bytes),
+        "ops": float(len(ELEMENTWISE_CHAIN_PASSES)),
+        "bytes_moved": moved,
+        "seconds": m.median_seconds,
+        "bytes_per_second": moved / m.median_seconds,
+    }
+    return figures, m.device_seconds
+
+
+def large_outputs_fault(
+    size: int = FRESH_WRITE_BYTES, attempts: int = REUSE_CHECK_ATTEMPTS
+) -> dict[str, Any]:
     """Whether this process's allocator serves a large output from fresh memory every time.
 
     The first-touch figure is the price of a page fault; whether a forward's large outputs pay
@@ -251,8 +323,14 @@ def large_outputs_fault(size: int = FRESH_WRITE_BYTES) -> dict[str, Any]:
     instead), and the allocator is called directly so that nothing else is allocated in
     between. Huge pages change the count per page but not the ratio.
 
-    Returns ``{"large_outputs_fault": bool, "large_output_refault_ratio": r}``, r the second
-    block's faults per touched page over the first's (0 when the first did not fault either).
+    It makes ``attempts`` such checks (the first block of a later one may be served from the
+    last one's freed memory: then it does not fault, and the attempt reads reuse) and reads
+    "anew" only if every attempt does, because a reusing allocator may hand one freed block back
+    to the system now and then, while one that maps large blocks anew does so every time.
+
+    Returns ``{"large_outputs_fault": bool, "large_output_refault_ratio": r,
+    "large_output_refault_ratios": [...]}``, each ratio an attempt's second block's faults per
+    touched page over its first's (0 when the first did not fault either), r the least.
     """
     libc = ctypes.CDLL(None, use_errno=True)
     libc.posix_memalign.argtypes = [
@@ -261,6 +339,17 @@ def large_outputs_fault(size: int = FRESH_WRITE_BYTES) -> dict[str, Any]:
         ctypes.c_size_t,
     ]
     libc.free.argtypes = [ctypes.c_void_p]
+    ratios = [_refault_ratio(libc, size) for _ in range(attempts)]
+    return {
+        "large_outputs_fault": all(ratio >= 0.5 for ratio in ratios),
+        "large_output_refault_ratio": min(ratios),
+        "large_output_refault_ratios": ratios,
+    }
+
+
+def _refault_ratio(libc: ctypes.CDLL, size: int) -> float:
+    """One attempt of :func:`large_outputs_fault`: 2 × ``size`` bytes, then ``size``, each
+    touched and freed; the second block's minor faults per touched page over the first's."""
     pointer = ctypes.c_void_p()
     per_page = []
     for block in (2 * size, size):
@@ -277,8 +366,7 @@ def large_outputs_fault(size: int = FRESH_WRITE_BYTES) -> dict[str, Any]:
             del pages, touched
         finally:
             libc.free(pointer)
-    ratio = per_page[1] / per_page[0] if per_page[0] > 0 else 0.0
-    return {"large_outputs_fault": ratio >= 0.5, "large_output_refault_ratio": ratio}
+    return per_page[1] / per_page[0] if per_page[0] > 0 else 0.0
 
 
 def fresh_clone(source: torch.Tensor) -> Callable[[], None]:

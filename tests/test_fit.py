@@ -13,6 +13,8 @@ from scaleprobe.models.costs import forward_cost
 from scaleprobe.models.devices import find_device, params_from_spec
 from scaleprobe.models.errors import InputError
 from scaleprobe.models.fit import (
+    CPU_ELEMENTWISE_RATIO_RANGE,
+    DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO,
     DEFAULT_MODULE_FACTOR,
     FREE_PARAMETERS,
     MIN_POINTS_ALL_FREE,
@@ -24,7 +26,7 @@ from scaleprobe.models.fit import (
     refit,
     transfer,
 )
-from scaleprobe.models.predict import time_forward
+from scaleprobe.models.predict import cache_ratio, time_forward
 
 RECORDS = [
     {
@@ -438,6 +440,54 @@ def test_no_page_fault_is_charged_when_the_allocator_reuses_large_blocks() -> No
         assert first_touch == price
     gpu = calibrate(reused, kind="gpu", memory_bytes=80 * 1024**3)
     assert gpu.first_touch_seconds_per_byte is None
+
+
+def test_the_elementwise_ratio_is_measured_when_the_allocator_reuses_large_blocks() -> None:
+    """ρ from the memory probe's elementwise chain (its rate over the copy bandwidth times the
+    cache ladder's ratio at its bytes per op) when the allocator check reads reuse; the CPU
+    default when it reads faults (glibc's defaults: outputs under 32 MiB fault too, which the
+    default absorbs), when nothing was checked or the chain is missing or garbage; clamped when
+    the chain ran implausibly; never on a GPU."""
+    tensor = 32 * 1024**2
+    moved, ops = 16.0 * tensor, 7.0
+
+    def calibrated(check: object, chain: object) -> tuple[ProbeResults, float]:
+        records = with_cpu_figures(RECORDS)
+        detail = {**records[1]["detail"], "large_outputs_fault": check}  # type: ignore[dict-item]
+        if chain is not None:
+            detail["elementwise_chain"] = chain
+        records[1] = {**records[1], "detail": detail}
+        probes = ProbeResults.from_records(records)
+        return probes, calibrate(probes).elementwise_bandwidth_ratio
+
+    def chain(rate: object) -> dict[str, object]:
+        return {"tensor_bytes": tensor, "ops": ops, "bytes_moved": moved, "bytes_per_second": rate}
+
+    probes, rho = calibrated(False, chain(2.4e10))
+    assert probes.elementwise_chain == (moved / ops, 2.4e10)
+    # the ladder (LADDER) gives 76.7 MB per op a ratio between 1.05 and 2.1
+    ladder = cache_ratio(moved / ops, calibrate(probes))
+    assert 1.05 < ladder < 2.1
+    assert rho == pytest.approx(2.4e10 / (1.5e10 * ladder))
+    # a measured rho above the default makes elementwise-heavy points faster
+    cost = forward_cost(PRESETS["bigbird-roberta-base"], 8, 512, "float32")
+    default = calibrate(replace(probes, elementwise_chain=None))
+    assert default.elementwise_bandwidth_ratio == DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO
+    assert (
+        time_forward(cost, calibrate(probes)).latency_seconds
+        < time_forward(cost, default).latency_seconds
+    )
+    low, high = CPU_ELEMENTWISE_RATIO_RANGE
+    assert calibrated(False, chain(1e9))[1] == low
+    assert calibrated(False, chain(1e12))[1] == high
+    for check, figures in ((True, chain(2.4e10)), (None, chain(2.4e10)), (False, None)):
+        assert calibrated(check, figures)[1] == DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO
+    for garbage in (chain(-1.0), chain("fast"), {"ops": 7}, "chain", chain(float("nan"))):
+        probes, rho = calibrated(False, garbage)
+        assert probes.elementwise_chain is None
+        assert rho == DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO
+    gpu = calibrate(calibrated(False, chain(2.4e10))[0], kind="gpu", memory_bytes=80 * 1024**3)
+    assert gpu.elementwise_bandwidth_ratio == 0.8
 
 
 BIGBIRD_GRID = [
