@@ -175,6 +175,9 @@ class DeviceParams:
     first_touch_seconds_per_byte: float | None = None
     tanh_elements_per_second: float | None = None
     exp_elements_per_second: float | None = None
+    # CPU only: the share of W at which a linear layer's bias fill writes its fresh output
+    # (``predict.fill_seconds``); None: the elementwise ratio, as before it had its own figure.
+    fill_bandwidth_ratio: float | None = None
     # CPU only: the host cost of an op between a forward's linear layers, over its cost with warm
     # caches (the dispatch probe's tiny encoder with and without a base layer's product through
     # COLD_STREAM_BYTES of weights before each of its linear layers); a forward's host time scales
@@ -265,7 +268,7 @@ class DeviceParams:
         ):
             if key in data:
                 _non_negative(data[key], key)
-        for key in ("tanh_elements_per_second", "exp_elements_per_second"):
+        for key in ("tanh_elements_per_second", "exp_elements_per_second", "fill_bandwidth_ratio"):
             if data.get(key) is not None:
                 _positive(data[key], key)
         if "cold_host_ratio" in data:

@@ -50,6 +50,10 @@ DEFAULT_MODULE_FACTOR = 9.0
 DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO = 0.5
 # A measured ratio outside this range is clamped into it: the chain was disturbed.
 CPU_ELEMENTWISE_RATIO_RANGE = (0.25, 2.0)
+# The share of the copy bandwidth at which a linear layer's bias fill writes its fresh output
+# (CPU): profiled, addmm's copy_ ran at 0.48-0.79 W at two threads with glibc's defaults and
+# about 0.35 W under tcmalloc (predict.fill_seconds); not measured by a probe.
+CPU_FILL_BANDWIDTH_RATIO = 0.5
 DEFAULT_CPU_GEMM_HALF_SIZE = 32.0
 # Products smaller than this many FLOPs time the library's per-call set-up, not the curve.
 MIN_CURVE_FLOPS = 1e6
@@ -346,6 +350,7 @@ def calibrate(
         exp_elements_per_second=None if gpu else probes.exp_elements_per_second,
         cold_host_ratio=cold_ratio,
         bandwidth_ratio_by_working_set=() if gpu else probes.bandwidth_ratio_by_working_set,
+        fill_bandwidth_ratio=None if gpu else CPU_FILL_BANDWIDTH_RATIO,
     )
     if gpu:
         return params
@@ -450,7 +455,8 @@ OUTLIER_RATIO = 0.25
 def apply_multipliers(params: DeviceParams, theta: Sequence[float] | np.ndarray) -> DeviceParams:
     """The parameters with the refit's log multipliers applied (order of FREE_PARAMETERS; a
     shorter ``theta`` leaves the rest at 1, so four multipliers from older refits still apply).
-    The first-touch multiplier does nothing without a measured ``first_touch_seconds_per_byte``.
+    The first-touch multiplier does nothing without a measured ``first_touch_seconds_per_byte``;
+    the elementwise one scales the bias fill's ratio too.
     """
     values = [math.exp(float(t)) for t in theta] + [1.0] * (len(FREE_PARAMETERS) - len(theta))
     compute, half, elementwise, dispatch, first_touch = values
@@ -461,6 +467,9 @@ def apply_multipliers(params: DeviceParams, theta: Sequence[float] | np.ndarray)
         },
         gemm_half_size=params.gemm_half_size * half,
         elementwise_bandwidth_ratio=params.elementwise_bandwidth_ratio * elementwise,
+        fill_bandwidth_ratio=None
+        if params.fill_bandwidth_ratio is None
+        else params.fill_bandwidth_ratio * elementwise,
         dispatch_seconds=params.dispatch_seconds * dispatch,
         module_seconds=params.module_seconds * dispatch,
         first_touch_seconds_per_byte=None

@@ -152,17 +152,22 @@ def fresh_mapped_bytes(kernel: Kernel) -> float:
 
 def fill_seconds(kernel: Kernel, params: DeviceParams) -> float:
     """The bias fill before a linear layer's product (CPU, else 0): its output bytes written at
-    the elementwise rate ρ · W, without the cache ladder.
+    ``fill_bandwidth_ratio`` · W (ρ · W without it), without the cache ladder.
 
     The fill is the first write into a fresh output, whose lines are not in the caches (the
     ladder prices data that one op wrote and the next reads). Profiled (``bench/op_profile.py``,
     bert-base, 64–2048 tokens), ``addmm``'s ``copy_`` ran at 11–18 GB/s at two threads (ρ · W:
-    11.4) and 7–13 at one (9.4). On a GPU one write of the output is small next to the product
-    and is not charged.
+    11.4) and 7–13 at one (9.4); under tcmalloc (``op_profile-bigbird-tcmalloc.json``) 1.40–1.49 ×
+    that charge. It is not the elementwise chain the memory probe times (ρ measured, 1.15 here),
+    hence its own ratio. On a GPU one write of the output is small next to the product and is
+    not charged.
     """
     if params.kind != "cpu" or not kernel.fill_bytes:
         return 0.0
-    rate = params.memory_bandwidth_bytes_per_second * params.elementwise_bandwidth_ratio
+    ratio = params.fill_bandwidth_ratio
+    if ratio is None:
+        ratio = params.elementwise_bandwidth_ratio
+    rate = params.memory_bandwidth_bytes_per_second * ratio
     return kernel.fill_bytes / rate
 
 

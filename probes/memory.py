@@ -57,10 +57,13 @@ the whole buffers at 1.0. A forward's activations are written by one op and read
 while they fit the caches their elementwise ops run at these cached rates, not at DRAM's: on a
 Xeon guest 3-6 × the DRAM copy rate up to a few MiB, 2 × up to 64 MiB (``docs/model.md``).
 
-Last on the CPU it times a chain of eager elementwise ops (``gelu_new``'s but its tanh) over views
-of the buffers (:func:`elementwise_chain`, ``detail["elementwise_chain"]``): how fast a forward's
-separate out-of-place ops stream against the copy, with no page faults in it. On this Xeon guest,
-over the cache ladder's ratio at its bytes per op, 0.88-1.05 of the copy rate at 32 MiB tensors.
+Where the allocator check reads reuse, it also times a chain of eager elementwise ops
+(``gelu_new``'s but its tanh) over views of the buffers (:func:`elementwise_chain`,
+``detail["elementwise_chain"]``): how fast a forward's separate out-of-place ops stream against
+the copy, with no page faults in it; the model's elementwise share ρ (``models.fit``). On this
+Xeon guest, over the cache ladder's ratio at its bytes per op, 0.9-1.6 of the copy rate at
+32 MiB tensors (2 threads; 1.15-1.19 in the sweeps' float32 calibrations). Under glibc's defaults
+the model does not use it, and it is not run.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ import os
 import resource
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -166,9 +170,22 @@ def run(request: ProbeRequest, *, timer: Timer | None = None, cuda: Any = None) 
         )
         extra["bandwidth_ratio_by_working_set"] = ratios
         other_device_seconds += seconds
-        chain, seconds = elementwise_chain(
-            source, destination, request.timing.scaled(ELEMENTWISE_SHARE), timer
-        )
+    reuse: dict[str, Any] = {}
+    if fresh:
+
+        def check_reuse() -> None:
+            reuse.update(large_outputs_fault())
+
+        try:
+            other_device_seconds += timer.time(check_reuse)
+        except (MemoryError, OSError) as error:  # unchecked: the model charges as for glibc
+            reuse = {"large_outputs_check_error": str(error)}
+        extra.update(reuse)
+    if ladder and reuse.get("large_outputs_fault") is False:
+        # the model's elementwise share is measured only where no large output faults: timed
+        # before the buffers' pages are released below, so that the chain faults nothing
+        timing = replace(request.timing.scaled(ELEMENTWISE_SHARE), warmup=0)
+        chain, seconds = elementwise_chain(source, destination, timing, timer)
         extra["elementwise_chain"] = chain
         other_device_seconds += seconds
     if fresh:
@@ -193,16 +210,6 @@ def run(request: ProbeRequest, *, timer: Timer | None = None, cuda: Any = None) 
         )
         extra.update(figures, fresh_write_released_bytes=released)
         other_device_seconds += seconds
-        reuse: dict[str, Any] = {}
-
-        def check_reuse() -> None:
-            reuse.update(large_outputs_fault())
-
-        try:
-            other_device_seconds += timer.time(check_reuse)
-        except (MemoryError, OSError) as error:  # unchecked: the model charges as for glibc
-            reuse = {"large_outputs_check_error": str(error)}
-        extra.update(reuse)
     return ProbeResult(
         probe="memory",
         value=rates[best],
@@ -268,7 +275,8 @@ def elementwise_chain(
     but its tanh (``ELEMENTWISE_CHAIN_PASSES``) over tensors of 1/``ELEMENTWISE_TENSOR_FRACTION``
     of a buffer: the input a leading view of ``source``, the outputs views of ``destination``,
     which exist already, so that no page faults (the first-touch figure prices those, and whether
-    a forward pays them is the allocator's choice). By the median sample.
+    a forward pays them is the allocator's choice). By the median sample; the probe runs it
+    without a warm-up, right after its copies have warmed the buffers and torch's threads.
 
     Returns ``{"tensor_bytes", "ops", "bytes_moved", "seconds", "bytes_per_second"}``: the bytes
     each tensor holds, the chain's op count, its minimum traffic (each operand read once, each

@@ -193,8 +193,11 @@ def test_accuracy_quick_run_is_well_formed(accuracy_run: tuple[dict, str]) -> No
         assert math.isfinite(probes["mape"]) and probes["mape"] >= 0
         for row in probes["by_batch"].values():
             assert abs(row["worst_error"]) >= row["mape"] - 1e-12
-        # the in-sample refit cannot do worse than the prior it starts from, by construction
-        assert per["refit_all"]["mape"] <= probes["mape"] + 1e-9
+        # the in-sample refit fits its own points about as well as the prior it starts from or
+        # better: not exactly by construction, because its loss also weighs each point's
+        # measured host share (and its Huber loss is not the MAPE), which may trade a little
+        # latency error for host error (here once 1.53% against 1.28%)
+        assert per["refit_all"]["mape"] <= probes["mape"] + 0.01
         # the best single factor cannot do worse than the factor 1
         shape = per["probes_best_scale"]
         assert shape["points"] == probes["points"]

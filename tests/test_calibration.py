@@ -55,9 +55,10 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_a_document_from_before_the_cpu_probe_figures_loads(tmp_path: Path) -> None:
     """scaleprobe.calibration/1 documents written before first_touch_seconds_per_byte,
-    tanh_elements_per_second, exp_elements_per_second, cold_host_ratio and
-    bandwidth_ratio_by_working_set existed load as they did: the figures absent, the host cost
-    without a cold-cache factor (1), elementwise kernels at DRAM rates (no ladder)."""
+    tanh_elements_per_second, exp_elements_per_second, cold_host_ratio,
+    bandwidth_ratio_by_working_set and fill_bandwidth_ratio existed load as they did: the figures
+    absent, the host cost without a cold-cache factor (1), elementwise kernels at DRAM rates (no
+    ladder), the bias fill at the elementwise ratio (None)."""
     params = {
         "name": "cpu",
         "kind": "cpu",
@@ -87,4 +88,5 @@ def test_a_document_from_before_the_cpu_probe_figures_loads(tmp_path: Path) -> N
         "exp_elements_per_second": None,
         "cold_host_ratio": 1.0,
         "bandwidth_ratio_by_working_set": [],
+        "fill_bandwidth_ratio": None,
     }

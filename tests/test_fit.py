@@ -10,10 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scaleprobe.models.architecture import PRESETS
 from scaleprobe.models.costs import forward_cost
-from scaleprobe.models.devices import find_device, params_from_spec
+from scaleprobe.models.devices import DeviceParams, find_device, params_from_spec
 from scaleprobe.models.errors import InputError
 from scaleprobe.models.fit import (
     CPU_ELEMENTWISE_RATIO_RANGE,
+    CPU_FILL_BANDWIDTH_RATIO,
     DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO,
     DEFAULT_MODULE_FACTOR,
     FREE_PARAMETERS,
@@ -26,7 +27,7 @@ from scaleprobe.models.fit import (
     refit,
     transfer,
 )
-from scaleprobe.models.predict import cache_ratio, time_forward
+from scaleprobe.models.predict import cache_ratio, fill_seconds, time_forward
 
 RECORDS = [
     {
@@ -488,6 +489,32 @@ def test_the_elementwise_ratio_is_measured_when_the_allocator_reuses_large_block
         assert rho == DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO
     gpu = calibrate(calibrated(False, chain(2.4e10))[0], kind="gpu", memory_bytes=80 * 1024**3)
     assert gpu.elementwise_bandwidth_ratio == 0.8
+
+
+def test_the_bias_fill_keeps_its_own_share_when_rho_is_measured() -> None:
+    """A CPU calibration writes the linear layers' bias fill at CPU_FILL_BANDWIDTH_RATIO of W
+    whatever ρ is (the fill is not the elementwise chain the probe times); a refit's ρ
+    multiplier scales both; parameters without the figure (older calibrations) fill at ρ · W;
+    a GPU charges no fill."""
+    params = calibrate(ProbeResults.from_records(with_cpu_figures(RECORDS)))
+    assert params.fill_bandwidth_ratio == CPU_FILL_BANDWIDTH_RATIO
+    kernel = next(
+        k for k in forward_cost(PRESETS["bert-base"], 8, 512, "float32").kernels if k.fill_bytes
+    )
+    expected = kernel.fill_bytes / (1.5e10 * CPU_FILL_BANDWIDTH_RATIO)
+    assert fill_seconds(kernel, params) == pytest.approx(expected)
+    measured = replace(params, elementwise_bandwidth_ratio=1.15)
+    assert fill_seconds(kernel, measured) == pytest.approx(expected)
+    refitted = apply_multipliers(measured, [0.0, 0.0, math.log(2.0), 0.0, 0.0])
+    assert refitted.elementwise_bandwidth_ratio == pytest.approx(2.3)
+    assert fill_seconds(kernel, refitted) == pytest.approx(expected / 2)
+    older = replace(measured, fill_bandwidth_ratio=None)
+    assert apply_multipliers(older, [0.0] * 5).fill_bandwidth_ratio is None
+    assert fill_seconds(kernel, older) == pytest.approx(kernel.fill_bytes / (1.5e10 * 1.15))
+    gpu = calibrate(ProbeResults.from_records(RECORDS), kind="gpu", memory_bytes=80 * 1024**3)
+    assert gpu.fill_bandwidth_ratio is None and fill_seconds(kernel, gpu) == 0.0
+    with pytest.raises(InputError, match="fill_bandwidth_ratio"):
+        DeviceParams.from_dict({**params.to_dict(), "fill_bandwidth_ratio": -0.5})
 
 
 BIGBIRD_GRID = [
