@@ -293,7 +293,7 @@ def architectures_of(data: Mapping[str, Any]) -> dict[str, Architecture]:
 def median_probe_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per probe, the record whose value is the median of the calibrations' values; its
     first-touch figure (memory, CPU) is the median of the calibrations' own, as the daemon takes
-    it over its recent cycles (``exporter.cycle.FIRST_TOUCH_SAMPLES``)."""
+    it over its recent cycles (``exporter.cycle.STEADY_SAMPLES``)."""
     by_probe: dict[str, list[Mapping[str, Any]]] = {}
     for record in records:
         if record.get("outcome") == "ok":

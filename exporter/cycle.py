@@ -330,9 +330,9 @@ def _calibrate(
     now: float,
     history: Sequence[CalibrationSample],
 ) -> tuple[DeviceParams | None, CalibrationSample | None, str]:
-    """The probes' calibration, its first-touch price steadied over ``history`` (the earlier
-    calibrations, :func:`_steady_first_touch`), and its history sample; or None and why
-    (compute/memory not ok)."""
+    """The probes' calibration, its first-touch price and measured elementwise share steadied
+    over ``history`` (the earlier calibrations, :func:`_steady`), and its history sample; or
+    None and why (compute/memory not ok)."""
     probe_results = fit_module.ProbeResults.from_records(result.get("probes", []))
     bandwidth = probe_results.memory_bandwidth_bytes_per_second
     if dtype not in probe_results.compute_flops_per_second or bandwidth is None:
@@ -351,7 +351,10 @@ def _calibrate(
     # calibrate() charges the steadied price, or nothing where the allocator check found freed
     # large blocks handed back (models.fit)
     steady = replace(
-        probe_results, first_touch_seconds_per_byte=_steady_first_touch(price, history)
+        probe_results,
+        first_touch_seconds_per_byte=_steady(
+            price, [h.first_touch_seconds_per_byte for h in history]
+        ),
     )
     params = fit_module.calibrate(
         steady,
@@ -359,6 +362,10 @@ def _calibrate(
         memory_bytes=int(memory_bytes) if memory_bytes else 16 * 2**30,
         name=name,
     )
+    ratio = None if gpu else fit_module.measured_elementwise_ratio(probe_results, params)
+    if ratio is not None:
+        earlier = [h.elementwise_bandwidth_ratio for h in history]
+        params = replace(params, elementwise_bandwidth_ratio=_steady(ratio, earlier))
     sample = CalibrationSample(
         timestamp_seconds=now,
         compute_flops_per_second=dict(probe_results.compute_flops_per_second),
@@ -372,34 +379,34 @@ def _calibrate(
         # the price the probe measured, also where the allocator check turns the charge off:
         # the history steadies the price, not the allocator's choice
         first_touch_seconds_per_byte=price,
+        elementwise_bandwidth_ratio=ratio,
     )
     return params, sample, ""
 
 
-# How many recent calibrations the CPU first-touch figure is the median of.
-FIRST_TOUCH_SAMPLES = 5
+# How many recent calibrations the CPU's first-touch price and measured elementwise share are the
+# median of.
+STEADY_SAMPLES = 5
 
 
-def _steady_first_touch(price: float | None, history: Sequence[CalibrationSample]) -> float | None:
-    """The median of this calibration's first-touch price and those of the calibrations before
-    it in ``history``, ``FIRST_TOUCH_SAMPLES`` in all (None without a price: a GPU, an older
-    worker).
+def _steady(value: float | None, earlier: Sequence[float | None]) -> float | None:
+    """The median of this calibration's figure and those of the calibrations before it
+    (``earlier``, oldest first; None where one was not measured), ``STEADY_SAMPLES`` in all;
+    None without a figure (a GPU, an older worker).
 
-    One calibration's figure is not enough: in a VM that hands freed memory back to its host
-    (free page reporting), a probe now and then faults only memory the host has to back again and
-    measures 5-12 times the usual cost (2 of 27 calibrations on a Firecracker guest), which would
-    make that cycle's predictions for large activations 2-3 times too slow. Whether the price is
-    charged at all is the allocator's (``models.fit.calibrate``): a daemon restarted under
-    tcmalloc charges nothing from its first calibration on.
+    One calibration's figure is not enough. The first-touch price: in a VM that hands freed
+    memory back to its host (free page reporting), a probe now and then faults only memory the
+    host has to back again and measures 5-12 times the usual cost (2 of 27 calibrations on a
+    Firecracker guest), which would make that cycle's predictions for large activations 2-3
+    times too slow; whether it is charged at all is the allocator's (``models.fit.calibrate``):
+    a daemon restarted under tcmalloc charges nothing from its first calibration on. The
+    elementwise share: its chain's bytes per op sit where the cache ladder falls steeply, and
+    one calibration read 0.9-1.6 over repeated probes on a Xeon guest (BENCHMARKS.md).
     """
-    if price is None:
+    if value is None:
         return None
-    earlier = [
-        h.first_touch_seconds_per_byte
-        for h in history[-(FIRST_TOUCH_SAMPLES - 1) :]
-        if h.first_touch_seconds_per_byte is not None
-    ]
-    return statistics.median([*earlier, price])
+    recent = [v for v in earlier[-(STEADY_SAMPLES - 1) :] if v is not None]
+    return statistics.median([*recent, value])
 
 
 def _for_dtype(params: DeviceParams | None, dtype: str) -> DeviceParams | None:

@@ -98,6 +98,9 @@ class CalibrationSample:
     dispatch_seconds: float
     # the memory probe's figure on the CPU (None on a GPU, and in state files written before it)
     first_touch_seconds_per_byte: float | None = None
+    # the elementwise share the probes measured on the CPU (models.fit.measured_elementwise_ratio;
+    # None where they did not: a GPU, glibc's defaults, state files written before it)
+    elementwise_bandwidth_ratio: float | None = None
 
 
 @dataclass(frozen=True)
@@ -284,9 +287,8 @@ def _sample_from_dict(data: dict[str, Any]) -> CalibrationSample:
         },
         memory_bandwidth_bytes_per_second=float(data["memory_bandwidth_bytes_per_second"]),
         dispatch_seconds=float(data["dispatch_seconds"]),
-        first_touch_seconds_per_byte=None
-        if data.get("first_touch_seconds_per_byte") is None
-        else float(data["first_touch_seconds_per_byte"]),
+        first_touch_seconds_per_byte=_optional_float(data.get("first_touch_seconds_per_byte")),
+        elementwise_bandwidth_ratio=_optional_float(data.get("elementwise_bandwidth_ratio")),
     )
 
 

@@ -261,14 +261,15 @@ def _half_size(probes: ProbeResults, dtype: str) -> float | None:
     return gemm_half_size_from_rates((probes.rates_by_size or {}).get(dtype, ()), peak)
 
 
-def _elementwise_ratio(probes: ProbeResults, params: DeviceParams) -> float:
-    """ρ on a CPU: the memory probe's elementwise chain over the copy bandwidth and the cache
-    ladder's ratio at the chain's bytes per op (the rate the model would give it at ρ = 1), when
-    the process's allocator hands large blocks back (its check read no faults); else
-    ``DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO``, which also absorbs the faults glibc's defaults
-    cause under 32 MiB."""
+def measured_elementwise_ratio(probes: ProbeResults, params: DeviceParams) -> float | None:
+    """ρ as the probes measured it on a CPU: the memory probe's elementwise chain over the copy
+    bandwidth and the cache ladder's ratio at the chain's bytes per op (the rate the model would
+    give it at ρ = 1; ``params`` carries the bandwidth and the ladder), when the process's
+    allocator hands large blocks back (its check read no faults); None otherwise, and
+    ``calibrate`` takes ``DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO``, which also absorbs the
+    faults glibc's defaults cause under 32 MiB."""
     if probes.large_outputs_fault is not False or probes.elementwise_chain is None:
-        return DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO
+        return None
     bytes_per_op, rate = probes.elementwise_chain
     streaming = params.memory_bandwidth_bytes_per_second * cache_ratio(bytes_per_op, params)
     low, high = CPU_ELEMENTWISE_RATIO_RANGE
@@ -354,7 +355,13 @@ def calibrate(
     )
     if gpu:
         return params
-    return replace(params, elementwise_bandwidth_ratio=_elementwise_ratio(probes, params))
+    measured = measured_elementwise_ratio(probes, params)
+    return replace(
+        params,
+        elementwise_bandwidth_ratio=DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO
+        if measured is None
+        else measured,
+    )
 
 
 @dataclass(frozen=True)

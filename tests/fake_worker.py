@@ -52,6 +52,7 @@ def result_document(
     skip_calibration: bool,
     first_touch: float | None = None,
     large_outputs_reused: bool = False,
+    elementwise_ratio: float | None = None,
 ) -> dict:
     now = time.time()
     dtype = request.get("dtype", "float32")
@@ -81,6 +82,17 @@ def result_document(
                     "first_touch_seconds_per_byte": first_touch,
                     "large_outputs_fault": not large_outputs_reused,
                 }
+                if elementwise_ratio is not None:
+                    # 7 ops over 32 MiB tensors, 16 passes, at ratio x the copy bandwidth
+                    moved = 16.0 * 32 * 1024**2
+                    rate = elementwise_ratio * MEMORY_BYTES_PER_SECOND / slowdown
+                    record["detail"]["elementwise_chain"] = {
+                        "tensor_bytes": 32 * 1024**2,
+                        "ops": 7,
+                        "bytes_moved": moved,
+                        "seconds": moved / rate,
+                        "bytes_per_second": rate,
+                    }
             if outcome != "ok":
                 record["reason"] = "fake: device busy"
             probes.append(record)
@@ -138,6 +150,11 @@ def main() -> int:
         action="store_true",
         help="with --first-touch: the allocator check found freed large blocks handed back",
     )
+    parser.add_argument(
+        "--elementwise-ratio",
+        type=float,
+        help="with --first-touch: the elementwise chain reads this share of the copy bandwidth",
+    )
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--pidfile", help="write this process's id here (to check it was ended)")
     args = parser.parse_args()
@@ -170,6 +187,7 @@ def main() -> int:
         args.skip_calibration,
         args.first_touch,
         args.large_outputs_reused,
+        args.elementwise_ratio,
     )
     if args.mode == "wrong-schema":
         document["schema"] = "scaleprobe.worker/9"

@@ -17,6 +17,7 @@ import pytest
 from scaleprobe.exporter.config import Config, ModelConfig, default_config
 from scaleprobe.exporter.cycle import (
     CycleResult,
+    _calibrate,
     apply_result,
     backoff_seconds,
     build_request,
@@ -24,8 +25,17 @@ from scaleprobe.exporter.cycle import (
     run_cycle,
     select_points,
 )
-from scaleprobe.exporter.snapshot import DeviceState, _device_from_dict, _device_to_dict
+from scaleprobe.exporter.snapshot import (
+    CalibrationSample,
+    DeviceState,
+    _device_from_dict,
+    _device_to_dict,
+)
 from scaleprobe.models.architecture import load_architecture
+from scaleprobe.models.devices import DeviceParams
+from scaleprobe.models.fit import DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO
+
+from tests import fake_worker
 
 FAKE_WORKER = str(Path(__file__).with_name("fake_worker.py"))
 
@@ -227,6 +237,52 @@ def test_an_allocator_that_hands_large_blocks_back_stops_the_fault_charge_at_onc
     assert back.calibration is not None
     assert back.calibration["first_touch_seconds_per_byte"] == pytest.approx(2.5e-10, rel=0.3)
     assert ["maps large outputs anew" in line for line in allocator_lines()] == [True]
+
+
+def test_one_odd_elementwise_share_is_outvoted_by_the_recent_calibrations(
+    config: Config,
+) -> None:
+    """Where the probes measure ρ (an allocator that hands large blocks back), a calibration
+    takes the median of its reading and the last ones, as for the first-touch price, before any
+    refit; the history keeps each reading, also through the state file; under glibc's defaults
+    nothing is read, the default stands and the history says so (None)."""
+
+    def calibrated(
+        ratio: float, history: tuple[CalibrationSample, ...], reused: bool = True
+    ) -> tuple[DeviceParams, CalibrationSample]:
+        document = fake_worker.result_document(
+            {"dtype": "float32", "calibrate": True, "points": []},
+            1.0,
+            False,
+            first_touch=2.5e-10,
+            large_outputs_reused=reused,
+            elementwise_ratio=ratio,
+        )
+        params, sample, why = _calibrate(document, "cpu", "float32", "cpu", 0.0, history)
+        assert params is not None and sample is not None, why
+        return params, sample
+
+    history: tuple[CalibrationSample, ...] = ()
+    for ratio in (1.0, 1.0):
+        params, sample = calibrated(ratio, history)
+        history = (*history, sample)
+    assert params.elementwise_bandwidth_ratio == pytest.approx(1.0)
+    odd, sample = calibrated(1.9, history)
+    assert sample.elementwise_bandwidth_ratio == pytest.approx(1.9)  # kept as read
+    assert odd.elementwise_bandwidth_ratio == pytest.approx(1.0)  # median of 1.0, 1.0, 1.9
+    history = (*history, sample)
+    for _ in range(2):  # a lasting change wins once it is the majority of the last five
+        params, sample = calibrated(1.9, history)
+        history = (*history, sample)
+    assert params.elementwise_bandwidth_ratio == pytest.approx(1.9)
+    glibc, sample = calibrated(1.9, history, reused=False)
+    assert sample.elementwise_bandwidth_ratio is None
+    assert glibc.elementwise_bandwidth_ratio == DEFAULT_CPU_ELEMENTWISE_BANDWIDTH_RATIO
+    # the cycle keeps the readings in the state file
+    state = cycles(config, 2, "--first-touch", "2.5e-10", "--large-outputs-reused",
+                   "--elementwise-ratio", "1.3").state  # fmt: skip
+    loaded = _device_from_dict(json.loads(json.dumps(_device_to_dict(state))))
+    assert [h.elementwise_bandwidth_ratio for h in loaded.history] == pytest.approx([1.3, 1.3])
 
 
 def test_baseline_reset_pins_the_new_calibration(config: Config) -> None:
