@@ -251,6 +251,21 @@ def test_memory_measures_the_cost_of_writing_fresh_memory_on_the_cpu() -> None:
     assert result.device_seconds > result.measurement.device_seconds  # the clone is counted
 
 
+def in_fresh_python(code: str, extra_env: dict[str, str]) -> Any:
+    """``result`` after running ``code`` in a fresh Python under glibc's defaults plus
+    ``extra_env`` (glibc reads its MALLOC_ variables once, at start), through JSON."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    done = subprocess.run(
+        [sys.executable, "-c", f"import json; {code}; print(json.dumps(result))"],
+        env={**env, **extra_env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 # glibc kept from mapping or trimming anything under 4 GiB, as a tuned CPU server runs it
 TUNED_MALLOC = {
     "MALLOC_MMAP_THRESHOLD_": str(4 * 1024**3),
@@ -266,23 +281,14 @@ def test_memory_times_an_elementwise_chain_only_where_large_outputs_are_reused()
     on any CPU (this one: 38-45 GB/s of minimum traffic at 32 MiB tensors). Under glibc's
     defaults (this process) the model does not use it, and it is not run."""
     assert "elementwise_chain" not in memory.run(ProbeRequest(timing=QUICK)).detail
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    code = (
-        "import json; from scaleprobe.probes import memory; "
+    detail = in_fresh_python(
+        "from scaleprobe.probes import memory; "
         "from scaleprobe.probes.request import ProbeRequest; "
         "from scaleprobe.probes.timing import TimingRequest; "
         "timing = TimingRequest(warmup=1, min_repeats=3, max_repeats=5, budget_seconds=0.05); "
-        "print(json.dumps(memory.run(ProbeRequest(timing=timing)).detail))"
+        "result = memory.run(ProbeRequest(timing=timing)).detail",
+        TUNED_MALLOC,
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**env, **TUNED_MALLOC},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    detail = json.loads(done.stdout.splitlines()[-1])
     assert detail["large_outputs_fault"] is False
     chain = detail["elementwise_chain"]
     buffer = detail["buffer_bytes"]
@@ -313,22 +319,11 @@ def test_the_elementwise_chain_computes_gelu_new_without_its_tanh_and_faults_not
 
 
 def allocator_check(extra_env: dict[str, str]) -> dict[str, Any]:
-    """:func:`memory.large_outputs_fault` in a fresh Python under glibc's defaults plus
-    ``extra_env`` (glibc reads its MALLOC_ variables once, at start)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    code = (
-        "import json; from scaleprobe.probes.memory import large_outputs_fault; "
-        "print(json.dumps(large_outputs_fault()))"
+    """:func:`memory.large_outputs_fault` in a fresh Python (:func:`in_fresh_python`)."""
+    return in_fresh_python(
+        "from scaleprobe.probes.memory import large_outputs_fault; result = large_outputs_fault()",
+        extra_env,
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**env, **extra_env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return json.loads(done.stdout.splitlines()[-1])
 
 
 def test_the_memory_probe_tells_whether_the_allocator_maps_large_outputs_anew() -> None:
