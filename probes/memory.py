@@ -62,8 +62,8 @@ Where the allocator check reads reuse, it also times a chain of eager elementwis
 ``detail["elementwise_chain"]``): how fast a forward's separate out-of-place ops stream against
 the copy, with no page faults in it; the model's elementwise share ρ (``models.fit``). On this
 Xeon guest, over the cache ladder's ratio at its bytes per op, 0.9-1.6 of the copy rate at
-32 MiB tensors (2 threads; 1.15-1.19 in the sweeps' float32 calibrations). Under glibc's defaults
-the model does not use it, and it is not run.
+32 MiB tensors over repeated probes in one process (2 threads; 1.02-1.28 in the sweeps' float32
+calibrations). Under glibc's defaults the model does not use it, and it is not run.
 """
 
 from __future__ import annotations
@@ -108,7 +108,9 @@ LADDER_SHARE = 0.15
 # compute probe prices tanh), seven out-of-place ops into existing tensors, each the given number
 # of tensor passes (a scalar op reads one and writes one, a binary op reads two). Each tensor is
 # this fraction of a buffer (32 MiB of 256 MiB buffers: a base encoder's FFN activations at 4 × 512
-# to 8 × 512 tokens); its share of the probe's budget.
+# to 8 × 512 tokens); its share of the probe's budget, taken from the copies whether or not it
+# runs (they are bound by their minimum samples here: memory 0.54-0.55 s with glibc's defaults,
+# where it does not run, against 0.55-0.57 before; bench/results/probe_cost-16.json, -18.json).
 ELEMENTWISE_CHAIN_PASSES = (2, 2, 3, 2, 2, 2, 3)
 ELEMENTWISE_TENSOR_FRACTION = 8
 ELEMENTWISE_SHARE = 0.1

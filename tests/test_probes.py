@@ -266,6 +266,20 @@ def in_fresh_python(code: str, extra_env: dict[str, str]) -> Any:
     return json.loads(done.stdout.splitlines()[-1])
 
 
+def memory_probe_detail(extra_env: dict[str, str]) -> dict[str, Any]:
+    """The memory probe's ``detail`` from a fresh Python (:func:`in_fresh_python`), as a
+    worker process measures: a long-lived process (this test run) may hold a free heap chunk
+    large enough for the allocator check's blocks, and read reuse under glibc's defaults."""
+    return in_fresh_python(
+        "from scaleprobe.probes import memory; "
+        "from scaleprobe.probes.request import ProbeRequest; "
+        "from scaleprobe.probes.timing import TimingRequest; "
+        "timing = TimingRequest(warmup=1, min_repeats=3, max_repeats=5, budget_seconds=0.05); "
+        "result = memory.run(ProbeRequest(timing=timing)).detail",
+        extra_env,
+    )
+
+
 # glibc kept from mapping or trimming anything under 4 GiB, as a tuned CPU server runs it
 TUNED_MALLOC = {
     "MALLOC_MMAP_THRESHOLD_": str(4 * 1024**3),
@@ -279,16 +293,11 @@ def test_memory_times_an_elementwise_chain_only_where_large_outputs_are_reused()
     reuse and the probe times the chain: its figures consistent (an eighth of a buffer per
     tensor, 16 tensor passes, the rate its traffic over its median time) and within sane bounds
     on any CPU (this one: 38-45 GB/s of minimum traffic at 32 MiB tensors). Under glibc's
-    defaults (this process) the model does not use it, and it is not run."""
-    assert "elementwise_chain" not in memory.run(ProbeRequest(timing=QUICK)).detail
-    detail = in_fresh_python(
-        "from scaleprobe.probes import memory; "
-        "from scaleprobe.probes.request import ProbeRequest; "
-        "from scaleprobe.probes.timing import TimingRequest; "
-        "timing = TimingRequest(warmup=1, min_repeats=3, max_repeats=5, budget_seconds=0.05); "
-        "result = memory.run(ProbeRequest(timing=timing)).detail",
-        TUNED_MALLOC,
-    )
+    defaults the model does not use it, and it is not run."""
+    defaults = memory_probe_detail({})
+    assert defaults["large_outputs_fault"] is True
+    assert "elementwise_chain" not in defaults
+    detail = memory_probe_detail(TUNED_MALLOC)
     assert detail["large_outputs_fault"] is False
     chain = detail["elementwise_chain"]
     buffer = detail["buffer_bytes"]
@@ -328,16 +337,15 @@ def allocator_check(extra_env: dict[str, str]) -> dict[str, Any]:
 
 def test_the_memory_probe_tells_whether_the_allocator_maps_large_outputs_anew() -> None:
     """glibc's defaults map 64 MiB fresh every time (the second block faults as often as the
-    first); glibc tuned keeps the freed block and hands it back (no fault), and the probe's
-    record says so, which is what turns the first-touch charge off (models.fit)."""
+    first); glibc tuned keeps the freed block and hands it back (no fault); the probe's record
+    says so (the elementwise chain test below), which is what turns the first-touch charge off
+    (models.fit)."""
     fresh = allocator_check({})
     assert fresh["large_outputs_fault"] is True
     assert 0.5 <= fresh["large_output_refault_ratio"] < 2.0
     reused = allocator_check(TUNED_MALLOC)
     assert reused["large_outputs_fault"] is False
     assert reused["large_output_refault_ratio"] < 0.1
-    result = memory.run(ProbeRequest(timing=QUICK))  # this process: glibc's defaults
-    assert result.detail["large_outputs_fault"] is True
 
 
 def test_the_allocator_check_reads_fresh_mappings_only_when_every_attempt_does(
