@@ -412,6 +412,15 @@ def test_cpu_figures_are_read_and_calibrated_on_a_cpu_only() -> None:
         assert ProbeResults.from_records(broken).bandwidth_ratio_by_working_set == ()
 
 
+def probes_with_memory_detail(**extra: object) -> ProbeResults:
+    """RECORDS as a current worker writes them (:func:`with_cpu_figures`), the memory probe's
+    detail amended by ``extra`` (the allocator check's reading, the elementwise chain)."""
+    records = with_cpu_figures(RECORDS)
+    detail = {**records[1]["detail"], **extra}  # type: ignore[dict-item]
+    records[1] = {**records[1], "detail": detail}
+    return ProbeResults.from_records(records)
+
+
 def test_no_page_fault_is_charged_when_the_allocator_reuses_large_blocks() -> None:
     """The memory probe's allocator check decides whether a large output pays the first-touch
     price: reused (glibc tuned, tcmalloc) nothing does, c_ft 0; fresh, or not checked (older
@@ -419,10 +428,7 @@ def test_no_page_fault_is_charged_when_the_allocator_reuses_large_blocks() -> No
     price = NEW_FIGURES["first_touch_seconds_per_byte"]
 
     def calibrated(check: object) -> tuple[ProbeResults, float | None]:
-        records = with_cpu_figures(RECORDS)
-        detail = {**records[1]["detail"], "large_outputs_fault": check}  # type: ignore[dict-item]
-        records[1] = {**records[1], "detail": detail}
-        probes = ProbeResults.from_records(records)
+        probes = probes_with_memory_detail(large_outputs_fault=check)
         return probes, calibrate(probes).first_touch_seconds_per_byte
 
     reused, first_touch = calibrated(False)
@@ -453,12 +459,8 @@ def test_the_elementwise_ratio_is_measured_when_the_allocator_reuses_large_block
     moved, ops = 16.0 * tensor, 7.0
 
     def calibrated(check: object, chain: object) -> tuple[ProbeResults, float]:
-        records = with_cpu_figures(RECORDS)
-        detail = {**records[1]["detail"], "large_outputs_fault": check}  # type: ignore[dict-item]
-        if chain is not None:
-            detail["elementwise_chain"] = chain
-        records[1] = {**records[1], "detail": detail}
-        probes = ProbeResults.from_records(records)
+        extra = {} if chain is None else {"elementwise_chain": chain}
+        probes = probes_with_memory_detail(large_outputs_fault=check, **extra)
         return probes, calibrate(probes).elementwise_bandwidth_ratio
 
     def chain(rate: object) -> dict[str, object]:
