@@ -22,8 +22,9 @@ per model and batch size (MAPE of throughput and the worst point):
   grid (a centred Latin design on log batch × log sequence, rounded to integers; see
   :func:`fit_points`), scored on the whole grid;
 - ``refit_all``: a refit on the whole grid, scored on it (in-sample: the limit of the model form);
-  every refit frees the multipliers ``models.fit.default_free`` gives its point count (under
-  ``MIN_POINTS_ALL_FREE`` points, the two-point, k = 4 and k = 8 ones: the rate and the host cost);
+  every refit frees the multipliers ``models.fit.default_free`` gives its point count and the
+  calibration (under ``MIN_POINTS_ALL_FREE`` points, the two-point, k = 4 and k = 8 ones: the
+  rate and the host cost, or the rate and x½ where the calibration found large outputs reused);
 - ``probes_best_scale``: the probes' prediction times the one factor that fits the grid best, a
   diagnostic (it uses every measurement): the error of the predicted curve's shape. A two-point
   refit sets the level from its two anchors, so its error is about this one plus the

@@ -12,8 +12,10 @@ Three steps, each usable alone:
    ratios of the host time it implies) plus a Gaussian prior pulling each multiplier toward 1,
    i.e. toward the probe calibration. Few free parameters, a robust loss and the prior are why
    one or two bad points cannot send it wild; with many good points the data win. With fewer
-   than ``MIN_POINTS_ALL_FREE`` points only the GEMM rate and the host cost move (the level of
-   the two regimes); the other three bend the curve, and a handful of points cannot place them.
+   than ``MIN_POINTS_ALL_FREE`` points only two move: the GEMM rate and the host cost (the level
+   of the two regimes), or on a CPU whose allocator reuses large blocks the GEMM rate and the
+   small products' half size; the others bend the curve, and a handful of points cannot place
+   them.
 3. ``transfer(params, source, target)``: carries a calibration to another device by datasheet
    ratios (capacity planning for a device you do not have).
 """
@@ -439,11 +441,28 @@ PRIOR_SIGMA = {
 # "How many parameters a few points can fit").
 MIN_POINTS_ALL_FREE = 2 * len(FREE_PARAMETERS)
 FEW_POINTS_FREE = ("compute", "dispatch")
+# ... except on a CPU whose allocator hands freed large blocks back (the calibration charges no
+# page faults: ``first_touch_seconds_per_byte`` 0): there the level of the small products, x½,
+# moves instead of the host cost. Nothing unmodelled then bends the small and middle points, the
+# small points' error is mostly the streamed product's reading (x½ read 48–67 over the reuse
+# sweeps), and the host cost has its own steadier probe and the measured overhead shares. Under
+# glibc's defaults, outputs under 32 MiB page-fault now and then, unmodelled, and an x½ fitted
+# through them bends the whole curve (BigBird's two points 7.8–13.3% in 7 of 22 runs, from
+# 4.1–9.8%), so the host cost moves there (BENCHMARKS.md, "Which two multipliers a few points
+# move").
+FEW_POINTS_FREE_REUSED = ("compute", "gemm_half_size")
 
 
-def default_free(point_count: int) -> tuple[str, ...]:
-    """The multipliers a refit on ``point_count`` points frees unless told otherwise."""
-    return FREE_PARAMETERS if point_count >= MIN_POINTS_ALL_FREE else FEW_POINTS_FREE
+def default_free(point_count: int, params: DeviceParams | None = None) -> tuple[str, ...]:
+    """The multipliers a refit of ``params`` on ``point_count`` points frees unless told
+    otherwise: all five from ``MIN_POINTS_ALL_FREE`` points, else ``FEW_POINTS_FREE_REUSED``
+    where ``params`` charge large outputs no page faults (a CPU calibration that found them
+    reused) and ``FEW_POINTS_FREE`` elsewhere (a GPU, glibc's defaults, no figure)."""
+    if point_count >= MIN_POINTS_ALL_FREE:
+        return FREE_PARAMETERS
+    if params is not None and params.kind == "cpu" and params.first_touch_seconds_per_byte == 0.0:
+        return FEW_POINTS_FREE_REUSED
+    return FEW_POINTS_FREE
 
 
 # Residual scale of the Huber loss (log latency ratio): about the machine noise of one point.
@@ -554,11 +573,12 @@ def refit(
     """Refit the device parameters to measured points (robust, regularised; see module docstring).
 
     ``free`` names the multipliers allowed to move (default :func:`default_free`: all five from
-    ``MIN_POINTS_ALL_FREE`` points, else the GEMM rate and the host cost); the others stay at 1.
+    ``MIN_POINTS_ALL_FREE`` points, else the GEMM rate and the host cost, or the GEMM rate and x½
+    where large outputs are reused); the others stay at 1.
     An empty ``points`` returns the parameters unchanged.
     """
     if free is None:
-        free = default_free(len(points))
+        free = default_free(len(points), params)
     unknown = set(free) - set(FREE_PARAMETERS)
     if unknown:
         raise InputError(

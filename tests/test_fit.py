@@ -23,6 +23,7 @@ from scaleprobe.models.fit import (
     ProbeResults,
     apply_multipliers,
     calibrate,
+    default_free,
     gemm_half_size_from_rates,
     refit,
     transfer,
@@ -314,6 +315,31 @@ def test_a_few_points_move_only_the_rate_and_the_host_cost() -> None:
     assert (
         refit(prior, many[:2], PRESETS, free=FREE_PARAMETERS).multipliers["gemm_half_size"] != 1.0
     )
+
+
+def test_a_few_points_move_the_half_size_where_large_outputs_are_reused() -> None:
+    """On a CPU calibration that charges large outputs no page faults (its allocator reuses
+    them), a refit on a few points frees the GEMM rate and x½, not the host cost; elsewhere (the
+    page-fault charge, a GPU) the rate and the host cost. Truth: the rate × 0.8, x½ × 1.5."""
+    faulting = replace(cpu(), first_touch_seconds_per_byte=2e-10)
+    reused = replace(faulting, first_touch_seconds_per_byte=0.0)
+    assert default_free(4, faulting) == default_free(4) == ("compute", "dispatch")
+    assert default_free(4, reused) == ("compute", "gemm_half_size")
+    assert default_free(MIN_POINTS_ALL_FREE, reused) == FREE_PARAMETERS
+    gpu = replace(params_from_spec(find_device("A100-80GB")), first_touch_seconds_per_byte=0.0)
+    assert default_free(4, gpu) == default_free(4)
+    keys = GRID[:4]
+    truth = apply_multipliers(reused, [math.log(0.8), math.log(1.5), 0.0, 0.0])
+    report = refit(reused, synthetic(truth, keys), PRESETS)
+    assert report.multipliers["dispatch"] == 1.0
+    assert report.multipliers["gemm_half_size"] == pytest.approx(1.5, rel=0.15)
+    assert report.multipliers["compute"] == pytest.approx(0.8, rel=0.05)
+    assert report.mape_ratio < 0.01
+    # the same points from the faulting calibration's truth move the host cost instead
+    truth = apply_multipliers(faulting, [math.log(0.8), math.log(1.5), 0.0, 0.0])
+    report = refit(faulting, synthetic(truth, keys), PRESETS)
+    assert report.multipliers["gemm_half_size"] == 1.0
+    assert report.multipliers["dispatch"] != 1.0
 
 
 def test_no_points_returns_the_calibration() -> None:
