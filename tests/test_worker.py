@@ -3,6 +3,7 @@ per probe, and the three paper models' presets at one tiny point."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -245,7 +246,13 @@ def test_the_watchdog_ends_the_worker_once_its_parent_pid_changes() -> None:
 
 def test_a_worker_whose_exporter_is_killed_does_not_probe_on(tmp_path: Path) -> None:
     """kill -9 of the process that started the worker (in its own session, as the supervisor
-    starts it): the worker, busy on points with a long budget, exits within seconds."""
+    starts it): the worker, busy on points with a long budget, exits within seconds, through its
+    watchdog (exit code 3, with its message).
+
+    The chain runs under a child subreaper, so the orphaned worker is re-parented to it rather
+    than to init, and its end is read from ``waitpid`` (exit code or signal), not guessed from
+    ``/proc``.
+    """
     points = [
         {"model": f"tiny-{i}", "config": TINY_BERT, "batch_size": 1, "seq_len": 8}
         for i in range(2000)
@@ -261,31 +268,51 @@ def test_a_worker_whose_exporter_is_killed_does_not_probe_on(tmp_path: Path) -> 
         "print(worker.pid, flush=True)\n"
         "time.sleep(600)\n"
     )
-    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE)
-    assert parent.stdout is not None
-    worker_pid = int(parent.stdout.readline())
+    reaper_code = (  # prints "parent-pid worker-pid", then "pid exit-code" for every child it reaps
+        "import ctypes, os, subprocess, sys\n"
+        "if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:  # CHILD_SUBREAPER\n"
+        "    sys.exit(f'prctl: errno {ctypes.get_errno()}')\n"
+        "parent = subprocess.Popen([sys.executable, '-c', sys.argv[1]], stdout=subprocess.PIPE)\n"
+        "print(parent.pid, int(parent.stdout.readline()), flush=True)\n"
+        "while True:\n"
+        "    try:\n"
+        "        pid, status = os.wait()\n"
+        "    except ChildProcessError:\n"
+        "        break\n"
+        "    print(pid, os.waitstatus_to_exitcode(status), flush=True)\n"
+    )
+    reaper = subprocess.Popen(
+        [sys.executable, "-c", reaper_code, parent_code], stdout=subprocess.PIPE, text=True
+    )
+    assert reaper.stdout is not None
+    started = reaper.stdout.readline()
+    assert started, "the reaper did not start the chain; its stderr is in the captured output"
+    parent_pid, worker_pid = (int(word) for word in started.split())
     try:
         deadline = time.monotonic() + 120
         while '"done": 3' not in stderr_file.read_text():  # it is running points
             assert time.monotonic() < deadline, stderr_file.read_text()[-2000:]
             time.sleep(0.1)
-        parent.kill()
-        parent.wait()
-        deadline = time.monotonic() + 30
-        while process_alive(worker_pid):
-            assert time.monotonic() < deadline, "the orphaned worker is still running"
-            time.sleep(0.1)
+        os.kill(parent_pid, signal.SIGKILL)
+        try:
+            reaped, _ = reaper.communicate(timeout=30)  # the reaper ends once both have ended
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                "the orphaned worker still runs 30 s on; its stderr ends:\n"
+                + stderr_file.read_text()[-2000:]
+            )
     finally:
-        parent.kill()
-        if process_alive(worker_pid):
-            os.kill(worker_pid, signal.SIGKILL)
+        if reaper.poll() is None:  # a failure above: the reaper has not reaped both yet
+            for pid in (parent_pid, worker_pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            reaper.kill()
+            reaper.wait()
+    exit_codes = {}
+    for line in reaped.splitlines():
+        reaped_pid, exit_code = line.split()
+        exit_codes[int(reaped_pid)] = int(exit_code)
+    assert exit_codes == {parent_pid: -signal.SIGKILL, worker_pid: EXIT_PARENT_GONE}, (
+        stderr_file.read_text()[-2000:]
+    )
     assert "is gone; stopping" in stderr_file.read_text()
-
-
-def process_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie waiting for init to reap it counts as ended)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ("Z", "X")
