@@ -96,7 +96,12 @@ from scaleprobe.models.architecture import (
 from scaleprobe.models.costs import forward_cost
 from scaleprobe.models.devices import DeviceParams
 from scaleprobe.models.errors import InputError
-from scaleprobe.models.predict import first_touch_seconds, predict, time_forward
+from scaleprobe.models.predict import (
+    first_touch_seconds,
+    fresh_mapped_bytes,
+    predict,
+    time_forward,
+)
 
 SCHEMA = "scaleprobe.bench.accuracy/1"
 DEFAULT_MODELS = ("distilbert-base", "bert-base", "bigbird-roberta-base")
@@ -402,6 +407,45 @@ def cache_ladder_of(data: Mapping[str, Any]) -> tuple[tuple[float, float], ...]:
     if not ladder:
         raise ValueError("its calibrations have no cache ladder (a run before the probe had one)")
     return ladder
+
+
+def with_modelled_faults(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved run whose latencies are what each round would have taken had its forwards
+    page-faulted exactly the bytes the model charges (a diagnostic, ``--as-if-modelled-faults``).
+
+    Each round's latency moves by the price of its measured fault bytes per forward (the round's,
+    else the point's median) less the charged ones (the fresh outputs of
+    ``predict.FRESH_MAPPING_MIN_BYTES`` or more where the calibration charges first touch, else
+    none), at the main calibrations' median first-touch figure. Under glibc's defaults how
+    much one point faults varies from round to round with the heap's history (outputs of any
+    size: a large request is served from free heap space when there is some), so no model of
+    the point can charge it: this scores the model on the rest.
+    """
+    threads = data["settings"]["threads"]
+    price = median_first_touch(setting_records(data, "float32", threads))
+    if price is None:
+        raise InputError("the run's calibrations have no first-touch figure to price faults at")
+    charges = calibration_params(data, "float32", threads).first_touch_seconds_per_byte
+    architectures = architectures_of(data)
+    points = []
+    for point in data["points"]:
+        cost = forward_cost(
+            architectures[point["model"]], point["batch_size"], point["seq_len"], point["dtype"]
+        )
+        charged = sum(fresh_mapped_bytes(k) for k in cost.kernels) if charges else 0.0
+
+        rounds = []
+        for r in point["rounds"]:
+            faults = r.get("page_fault_bytes_per_forward")
+            if faults is None:  # a profiled round: the point's median
+                faults = point.get("page_fault_bytes_per_forward")
+            latency = r["latency_seconds"]
+            if faults is not None:
+                latency -= price * (faults - charged)
+            rounds.append({**r, "latency_seconds": latency})
+        latency = statistics.median(r["latency_seconds"] for r in rounds)
+        points.append({**point, "latency_seconds": latency, "rounds": rounds})
+    return {**data, "points": points}
 
 
 class Scorer:
@@ -966,6 +1010,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="score with the first-touch figure of the run's one-thread calibrations (runs whose "
         "probe timed it at torch's thread count: accuracy-16)",
     )
+    parser.add_argument(
+        "--as-if-modelled-faults",
+        action="store_true",
+        help="re-score a saved run as if every forward had page-faulted exactly what the model "
+        "charges: each round's latency less the price of its measured faults beyond the charged "
+        "ones (a diagnostic of what the unmodelled faults under glibc's defaults cost)",
+    )
     parser.add_argument("--no-cross", dest="cross", action="store_false", default=None)
     parser.add_argument("--no-tiny", dest="tiny", action="store_false", default=None)
     args = parser.parse_args(argv)
@@ -998,6 +1049,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--elementwise-ratio must be a positive number, got {args.elementwise_ratio}")
     if not args.first_touch_scale > 0:
         parser.error(f"--first-touch-scale must be a positive number, got {args.first_touch_scale}")
+    if args.as_if_modelled_faults and not args.load:
+        parser.error("--as-if-modelled-faults re-scores a saved run: give --load FILE.json")
     if args.first_touch_from_one_thread and not args.load:
         parser.error("--first-touch-from-one-thread re-scores a saved run: give --load FILE.json")
     if args.assume_cache_ladder is not None and args.without_cache_ladder:
@@ -1010,8 +1063,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def scored(args: argparse.Namespace) -> dict[str, Any]:
+    """The run ``args`` name (measured now, or ``--load``-ed) under its what-ifs, with its
+    ``scores``. A saved run the what-ifs cannot apply to raises InputError."""
     ASSUMED_CPU_FIGURES.clear()
     FORCED_CPU_FIGURES.clear()
     READINGS["streamed_square"] = args.streamed_square
@@ -1029,21 +1083,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.assume_cache_ladder:
         ASSUMED_CPU_FIGURES["bandwidth_ratio_by_working_set"] = args.assume_cache_ladder
     data = read_json(args.load) if args.load else measure(args)
-    if args.first_touch_from_one_thread:
-        try:
+    try:
+        if args.first_touch_from_one_thread:
             FORCED_CPU_FIGURES["first_touch_seconds_per_byte"] = one_thread_first_touch(data)
-        except (InputError, KeyError, TypeError) as error:
-            print(f"accuracy: --first-touch-from-one-thread: {error}", file=sys.stderr)
-            return 2
+        if args.as_if_modelled_faults:
+            data = with_modelled_faults(data)
+    except (KeyError, TypeError) as error:
+        raise InputError(f"the run lacks what the what-if needs ({error})") from None
     if args.noise_against:
         data["other_run_points"] = read_json(args.noise_against)["points"]
     scores = score(data, args.stat, args.two_point_anchor)
-    data = {**data, "scores": scores}
+    return {**data, "scores": scores}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        data = scored(args)
+    except InputError as error:
+        print(f"accuracy: {error}", file=sys.stderr)
+        return 2
     if args.out:
         write_json(args.out, data)
-    print(render(data, scores))
+    print(render(data, data["scores"]))
     if args.detail:
-        print(detail(data, scores))
+        print(detail(data, data["scores"]))
     return 0
 
 

@@ -332,15 +332,134 @@ def test_the_first_touch_what_ifs_rescore_with_another_first_touch_figure(
         (["--load", str(saved), "--first-touch-scale", "0"], "positive number"),
         (["--load", str(saved), "--elementwise-ratio", "-1"], "positive number"),
         (["--first-touch-from-one-thread"], "give --load"),
+        (["--as-if-modelled-faults"], "give --load"),
     ):
-        done = subprocess.run(
-            [sys.executable, str(BENCH / "accuracy.py"), *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
+        refused("accuracy.py", args, message)
+
+
+def refused(script: str, args: list[str], message: str) -> None:
+    """``bench/script args`` exits with code 2 and ``message`` on stderr, no traceback."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
+def with_first_touch(data: dict, figure: float, reused: bool = False) -> dict:
+    """A copy of a saved run whose every memory record read ``figure`` s/B of first touch and
+    found large outputs faulting (or, with ``reused``, handed back)."""
+    copy = json.loads(json.dumps(data))
+    for calibration in copy["calibrations"]:
+        for record in calibration["probes"]:
+            if record["probe"] == "memory":
+                record["detail"]["first_touch_seconds_per_byte"] = figure
+                record["detail"]["large_outputs_fault"] = not reused
+    return copy
+
+
+def test_as_if_modelled_faults_moves_each_round_by_the_price_of_its_unmodelled_faults(
+    accuracy_run: tuple[dict, str],
+) -> None:
+    """Each round's latency less the first-touch price of its measured fault bytes beyond the
+    charged ones; a profiled round (no fault count) takes the point's median count; the point's
+    latency is the median of its moved rounds; under a reusing allocator nothing is charged."""
+    accuracy = load("accuracy")
+    data, _ = accuracy_run
+    price = 2.0e-10
+    threads = data["settings"]["threads"]
+    point = {
+        "model": "distilbert-base", "batch_size": 16, "seq_len": 512, "dtype": "float32",
+        "threads": threads, "latency_seconds": 3.0, "page_fault_bytes_per_forward": 1.5e9,
+        "rounds": [
+            {"round": 0, "latency_seconds": 3.0, "page_fault_bytes_per_forward": None},
+            {"round": 1, "latency_seconds": 3.2, "page_fault_bytes_per_forward": 2.0e9},
+            {"round": 2, "latency_seconds": 2.9, "page_fault_bytes_per_forward": 1.0e9},
+        ],
+    }  # fmt: skip
+    # what the model charges there: ffn_up's output and the GELU's, 16·512·3072 floats each, in
+    # each of the 6 layers (every other fresh output is under 32 MiB)
+    charged = 12 * 16 * 512 * 3072 * 4
+    for reused, expected_charge in ((False, charged), (True, 0)):
+        saved = with_first_touch(data, price, reused)
+        saved["points"] = [*saved["points"], point]
+        moved = accuracy.with_modelled_faults(saved)
+        *others, big = moved["points"]
+        rounds = [r["latency_seconds"] for r in big["rounds"]]
+        assert rounds == pytest.approx(
+            [
+                3.0 - price * (1.5e9 - expected_charge),
+                3.2 - price * (2.0e9 - expected_charge),
+                2.9 - price * (1.0e9 - expected_charge),
+            ],
+            rel=1e-12,
         )
-        assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
-        assert "Traceback" not in done.stderr
+        assert big["latency_seconds"] == statistics.median(rounds)
+        for before, after in zip(saved["points"], others, strict=False):
+            faults = [r.get("page_fault_bytes_per_forward") for r in before["rounds"]]
+            if not any(faults) and not before.get("page_fault_bytes_per_forward"):
+                # a small point that faulted nothing keeps its latencies
+                assert after["latency_seconds"] == pytest.approx(before["latency_seconds"])
+        assert point["rounds"][1]["latency_seconds"] == 3.2  # the input is left alone
+    without = json.loads(json.dumps(data))
+    for calibration in without["calibrations"]:
+        for record in calibration["probes"]:
+            record.get("detail", {}).pop("first_touch_seconds_per_byte", None)
+    with pytest.raises(accuracy.InputError, match="no first-touch figure"):
+        accuracy.with_modelled_faults(without)
+
+
+def test_tally_gives_each_target_its_verdict() -> None:
+    """The verdicts follow issue #7's targets: probes alone at 10% at every batch size, two
+    points at 5% or 1.5 x the floor at every batch size, the 4-point refit at 3% overall."""
+    tally = load("tally")
+
+    def scores(probes: list[float], two: list[float], floors: list[float], k4: float) -> dict:
+        def table(values: list[float]) -> dict:
+            rows = {str(b): {"mape": v} for b, v in zip((1, 16), values, strict=True)}
+            return {"by_batch": rows, "mape": sum(values) / len(values)}
+
+        floor = {"by_batch": dict(zip(("1", "16"), floors, strict=True))}
+        floor["mape"] = sum(floors) / len(floors)
+        return {
+            "noise_floor": {"m": floor},
+            "accuracy": {
+                "m": {"probes": table(probes), "two_point": table(two), "refit_k4": {"mape": k4}}
+            },
+        }
+
+    met = tally.verdicts(scores([0.04, 0.10], [0.05, 0.06], [0.02, 0.04], 0.03), "m")
+    assert met["probes_met"] and met["two_point_met"] and met["refit_k4_met"]
+    assert met["probes_worst"] == 0.10
+    assert met["refit_k4_over_floor"] == pytest.approx(0.03 / 0.03)
+    assert not met["floor_above_k4_target"]
+    missed = tally.verdicts(scores([0.101, 0.02], [0.02, 0.0601], [0.05, 0.04], 0.031), "m")
+    assert not missed["probes_met"]
+    assert not missed["two_point_met"]  # 6.01% over both 5% and 1.5 x 4%
+    assert not missed["refit_k4_met"] and missed["floor_above_k4_target"]
+
+
+def test_tally_rescores_saved_runs_and_refuses_what_it_cannot_read(
+    accuracy_run: tuple[dict, str], tmp_path: Path
+) -> None:
+    """One row per model of each run, with the run's own re-scored figures; a missing file or a
+    what-if without a file is exit code 2 with the reason, no traceback."""
+    tally = load("tally")
+    data, _ = accuracy_run
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps(data))
+    done = run("tally.py", str(saved), f"{saved} --elementwise-ratio 1.0")
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| saved |")]
+    models = data["settings"]["models"]
+    assert len(rows) == 2 * len(models)
+    verdict = tally.verdicts(data["scores"], models[0])
+    assert f"| {100 * verdict['refit_k4']:.1f}% " in rows[0]
+    assert f"model-runs: {2 * len(models)}" in done.stdout
+    for args, message in (
+        ([str(tmp_path / "missing.json")], "missing.json"),
+        (["--elementwise-ratio 1.0"], "give the saved run's file first"),
+    ):
+        refused("tally.py", args, message)
 
 
 def test_first_touch_threads_quick_run_is_well_formed(tmp_path: Path) -> None:
