@@ -765,14 +765,22 @@ def _log_allocator_change(previous: DeviceState | None, state: DeviceState, devi
     reused = _large_outputs_reused(state)
     if reused is None or reused == _large_outputs_reused(previous):
         return
-    message = (
-        "the probe worker's allocator hands freed large blocks back: large outputs are charged "
-        "no page faults"
-        if reused
-        else "the probe worker's allocator maps large outputs anew: their page faults are charged"
-    )
-    log.info(
-        message + " (run scaleprobe with the server's MALLOC_* and LD_PRELOAD settings)",
+    settings = " (run scaleprobe with the server's MALLOC_* and LD_PRELOAD settings)"
+    if reused:
+        log.info(
+            "the probe worker's allocator hands freed large blocks back: large outputs are "
+            "charged no page faults" + settings,
+            extra={"device": device},
+        )
+        return
+    # A warning: how much such an allocator faults at one point depends on its heap's history
+    # (BENCHMARKS.md, "What the misses under glibc's defaults are made of")
+    log.warning(
+        "the probe worker's allocator maps large outputs anew: their page faults are charged, "
+        "but how many a forward takes varies with the heap's history, so predictions at large "
+        "batch x sequence are less certain; tcmalloc (LD_PRELOAD) or glibc's "
+        "MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ set high make them steadier, and "
+        "faster" + settings,
         extra={"device": device},
     )
 
