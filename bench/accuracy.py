@@ -298,8 +298,9 @@ def architectures_of(data: Mapping[str, Any]) -> dict[str, Architecture]:
 
 def median_probe_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per probe, the record whose value is the median of the calibrations' values; its
-    first-touch figure (memory, CPU) is the median of the calibrations' own, as the daemon takes
-    it over its recent cycles (``exporter.cycle.STEADY_SAMPLES``)."""
+    first-touch figure (memory, CPU) and the x½ its streamed product gives (compute, CPU) are the
+    medians of the calibrations' own, as the daemon takes them over its recent cycles
+    (``exporter.cycle.STEADY_SAMPLES``)."""
     by_probe: dict[str, list[Mapping[str, Any]]] = {}
     for record in records:
         if record.get("outcome") == "ok":
@@ -311,8 +312,31 @@ def median_probe_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str,
         first_touch = median_first_touch(entries)
         if first_touch is not None:
             record["detail"] = {**record["detail"], "first_touch_seconds_per_byte": first_touch}
+        streamed = median_streamed_product(entries, record)
+        if streamed is not None:
+            record["detail"] = {**record["detail"], "streamed_product": streamed}
         chosen.append(record)
     return chosen
+
+
+def median_streamed_product(
+    entries: Sequence[Mapping[str, Any]], record: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The streamed product of ``record`` (a compute record) at the rate that gives, with its
+    peak, the median of the x½ that ``entries`` read each with its own peak (x½ = the product's
+    smallest side x (peak / rate - 1), ``models.fit``); None where it has none."""
+    product = (record.get("detail") or {}).get("streamed_product")
+    if not product:
+        return None
+    halves = []
+    for entry in entries:
+        other = (entry.get("detail") or {}).get("streamed_product")
+        if other:
+            side = min(other["m"], other["n"], other["k"])
+            halves.append(side * (entry["value"] / other["flops_per_second"] - 1.0))
+    side = min(product["m"], product["n"], product["k"])
+    rate = record["value"] / (1.0 + statistics.median(halves) / side)
+    return {**product, "flops_per_second": rate}
 
 
 def median_first_touch(records: Sequence[Mapping[str, Any]]) -> float | None:

@@ -330,9 +330,9 @@ def _calibrate(
     now: float,
     history: Sequence[CalibrationSample],
 ) -> tuple[DeviceParams | None, CalibrationSample | None, str]:
-    """The probes' calibration, its first-touch price and measured elementwise share steadied
-    over ``history`` (the earlier calibrations, :func:`_steady`), and its history sample; or
-    None and why (compute/memory not ok)."""
+    """The probes' calibration, its first-touch price, measured elementwise share and small
+    products' half size steadied over ``history`` (the earlier calibrations, :func:`_steady`),
+    and its history sample; or None and why (compute/memory not ok)."""
     probe_results = fit_module.ProbeResults.from_records(result.get("probes", []))
     bandwidth = probe_results.memory_bandwidth_bytes_per_second
     if dtype not in probe_results.compute_flops_per_second or bandwidth is None:
@@ -366,6 +366,8 @@ def _calibrate(
     if ratio is not None:
         earlier = [h.elementwise_bandwidth_ratio for h in history]
         params = replace(params, elementwise_bandwidth_ratio=_steady(ratio, earlier))
+    half_size = params.gemm_half_size
+    params = replace(params, gemm_half_size=_steady(half_size, [h.gemm_half_size for h in history]))
     sample = CalibrationSample(
         timestamp_seconds=now,
         compute_flops_per_second=dict(probe_results.compute_flops_per_second),
@@ -380,12 +382,13 @@ def _calibrate(
         # the history steadies the price, not the allocator's choice
         first_touch_seconds_per_byte=price,
         elementwise_bandwidth_ratio=ratio,
+        gemm_half_size=half_size,
     )
     return params, sample, ""
 
 
-# How many recent calibrations the CPU's first-touch price and measured elementwise share are the
-# median of.
+# How many recent calibrations the CPU's first-touch price, its measured elementwise share and
+# the small products' half size are the median of.
 STEADY_SAMPLES = 5
 
 
@@ -401,7 +404,10 @@ def _steady(value: float | None, earlier: Sequence[float | None]) -> float | Non
     times too slow; whether it is charged at all is the allocator's (``models.fit.calibrate``):
     a daemon restarted under tcmalloc charges nothing from its first calibration on. The
     elementwise share: its chain's bytes per op sit where the cache ladder falls steeply, and
-    one calibration read 0.9-1.6 over repeated probes on a Xeon guest (BENCHMARKS.md).
+    one calibration read 0.9-1.6 over repeated probes on a Xeon guest (BENCHMARKS.md). The
+    small products' half size x½: one reading of one product at 16 rows, 40-76 in 323
+    calibrations there and 92 once, which put a whole sweep's sequence-16 points 15-67% off
+    (BENCHMARKS.md, "One odd x½").
     """
     if value is None:
         return None

@@ -101,6 +101,9 @@ class CalibrationSample:
     # the elementwise share the probes measured on the CPU (models.fit.measured_elementwise_ratio;
     # None where they did not: a GPU, glibc's defaults, state files written before it)
     elementwise_bandwidth_ratio: float | None = None
+    # the small products' half size x½ this calibration read (models.fit.calibrate; None in state
+    # files written before it)
+    gemm_half_size: float | None = None
 
 
 @dataclass(frozen=True)
@@ -289,6 +292,7 @@ def _sample_from_dict(data: dict[str, Any]) -> CalibrationSample:
         dispatch_seconds=float(data["dispatch_seconds"]),
         first_touch_seconds_per_byte=_optional_float(data.get("first_touch_seconds_per_byte")),
         elementwise_bandwidth_ratio=_optional_float(data.get("elementwise_bandwidth_ratio")),
+        gemm_half_size=_optional_float(data.get("gemm_half_size")),
     )
 
 

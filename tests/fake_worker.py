@@ -53,6 +53,7 @@ def result_document(
     first_touch: float | None = None,
     large_outputs_reused: bool = False,
     elementwise_ratio: float | None = None,
+    streamed_rate: float | None = None,
 ) -> dict:
     now = time.time()
     dtype = request.get("dtype", "float32")
@@ -77,6 +78,13 @@ def result_document(
                 if probe == "dispatch"
                 else {},
             }
+            if probe == "compute" and streamed_rate is not None:
+                # a 16-row product over weights read from memory (x½ = 16 (peak / rate - 1))
+                record["detail"] = {
+                    "streamed_product": {
+                        "m": 16, "n": 768, "k": 768, "flops_per_second": streamed_rate / slowdown
+                    }
+                }  # fmt: skip
             if probe == "memory" and first_touch is not None:
                 record["detail"] = {
                     "first_touch_seconds_per_byte": first_touch,

@@ -629,6 +629,32 @@ def test_median_records_take_the_median_first_touch_of_the_calibrations() -> Non
     assert records[1]["detail"]["first_touch_seconds_per_byte"] == 3.0e-9  # input untouched
 
 
+def test_median_records_take_the_median_half_size_of_the_calibrations() -> None:
+    """The compute record with the median peak keeps its peak, and its streamed product reads
+    the median of the calibrations' x½ (each from its own peak), as the daemon steadies it: the
+    median-peak calibration may be the one whose 16-row product read slow (accuracy-45)."""
+    accuracy = load("accuracy")
+    from scaleprobe.models import fit
+
+    def compute(peak: float, half_size: float) -> dict:
+        product = {"m": 16, "n": 768, "k": 768, "flops_per_second": peak / (1 + half_size / 16)}
+        detail = {"m": 2048, "n": 2048, "k": 2048, "streamed_product": product}
+        return {"probe": "compute", "outcome": "ok", "value": peak, "dtype": "float32",
+                "detail": detail}  # fmt: skip
+
+    records = [compute(3.85e11, 92.4), compute(3.78e11, 50.0), compute(3.93e11, 52.1)]
+    (chosen,) = accuracy.median_probe_records(records)
+    assert chosen["value"] == 3.85e11
+    probes = fit.ProbeResults.from_records([chosen])
+    (m, _, _, rate) = probes.streamed_products["float32"]
+    assert m * (chosen["value"] / rate - 1) == pytest.approx(52.1)
+    assert records[0]["detail"]["streamed_product"]["flops_per_second"] == pytest.approx(
+        3.85e11 / (1 + 92.4 / 16)
+    )  # input untouched
+    plain = {"probe": "compute", "outcome": "ok", "value": 3.8e11, "detail": {"m": 2048}}
+    assert accuracy.median_probe_records([plain])[0]["detail"] == {"m": 2048}
+
+
 def test_large_activations_report_compares_without_and_with_the_cpu_terms() -> None:
     """Synthetic measurements equal to the model with the terms: "after" errs by 0, "before"
     (the same calibration without the figures) predicts BigBird 16 × 512 too fast."""

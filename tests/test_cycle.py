@@ -12,6 +12,7 @@ import math
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scaleprobe.exporter.config import Config, ModelConfig, default_config
@@ -245,6 +246,23 @@ def test_an_allocator_that_hands_large_blocks_back_stops_the_fault_charge_at_onc
     assert ["maps large outputs anew" in line for line in allocator_lines()] == [True]
 
 
+def calibrate_fake(
+    history: tuple[CalibrationSample, ...], **readings: Any
+) -> tuple[DeviceParams, CalibrationSample]:
+    """One CPU calibration from the fake worker's probe records (first touch 2.5e-10 s/B and
+    ``readings``, fake_worker.result_document's options) over ``history``."""
+    document = fake_worker.result_document(
+        {"dtype": "float32", "calibrate": True, "points": []},
+        1.0,
+        False,
+        first_touch=2.5e-10,
+        **readings,
+    )
+    params, sample, why = _calibrate(document, "cpu", "float32", "cpu", 0.0, history)
+    assert params is not None and sample is not None, why
+    return params, sample
+
+
 def test_one_odd_elementwise_share_is_outvoted_by_the_recent_calibrations(
     config: Config,
 ) -> None:
@@ -256,17 +274,7 @@ def test_one_odd_elementwise_share_is_outvoted_by_the_recent_calibrations(
     def calibrated(
         ratio: float, history: tuple[CalibrationSample, ...], reused: bool = True
     ) -> tuple[DeviceParams, CalibrationSample]:
-        document = fake_worker.result_document(
-            {"dtype": "float32", "calibrate": True, "points": []},
-            1.0,
-            False,
-            first_touch=2.5e-10,
-            large_outputs_reused=reused,
-            elementwise_ratio=ratio,
-        )
-        params, sample, why = _calibrate(document, "cpu", "float32", "cpu", 0.0, history)
-        assert params is not None and sample is not None, why
-        return params, sample
+        return calibrate_fake(history, large_outputs_reused=reused, elementwise_ratio=ratio)
 
     history: tuple[CalibrationSample, ...] = ()
     for ratio in (1.0, 1.0):
@@ -289,6 +297,43 @@ def test_one_odd_elementwise_share_is_outvoted_by_the_recent_calibrations(
                    "--elementwise-ratio", "1.3").state  # fmt: skip
     loaded = _device_from_dict(json.loads(json.dumps(_device_to_dict(state))))
     assert [h.elementwise_bandwidth_ratio for h in loaded.history] == pytest.approx([1.3, 1.3])
+
+
+def test_one_odd_small_product_reading_is_outvoted_by_the_recent_calibrations(
+    config: Config,
+) -> None:
+    """x½ comes from one reading of a 16-row product: a calibration takes the median of its x½
+    and the last ones' (one odd reading put a whole sweep's sequence-16 points 15-67% off),
+    while the history keeps each reading, also through the state file; a lasting change wins."""
+    peak = fake_worker.COMPUTE_FLOPS_PER_SECOND
+
+    def calibrated(
+        half_size: float, history: tuple[CalibrationSample, ...]
+    ) -> tuple[DeviceParams, CalibrationSample]:
+        return calibrate_fake(history, streamed_rate=peak / (1 + half_size / 16))
+
+    history: tuple[CalibrationSample, ...] = ()
+    for half_size in (52.0, 50.0):
+        params, sample = calibrated(half_size, history)
+        history = (*history, sample)
+    assert params.gemm_half_size == pytest.approx(51.0)  # median of 52 and 50
+    odd, sample = calibrated(92.0, history)
+    assert sample.gemm_half_size == pytest.approx(92.0)  # kept as read
+    assert odd.gemm_half_size == pytest.approx(52.0)  # median of 52, 50, 92
+    history = (*history, sample)
+    for _ in range(2):
+        params, sample = calibrated(92.0, history)
+        history = (*history, sample)
+    assert params.gemm_half_size == pytest.approx(92.0)  # 52, 50, 92, 92, 92
+    loaded = _device_from_dict(
+        json.loads(json.dumps(_device_to_dict(replace(cycles(config, 1).state, history=history))))
+    )
+    assert [h.gemm_half_size for h in loaded.history] == pytest.approx([52, 50, 92, 92, 92])
+    # a state file written before the field loads without it
+    older = _device_to_dict(loaded)
+    for h in older["history"]:
+        del h["gemm_half_size"]
+    assert _device_from_dict(older).history[0].gemm_half_size is None
 
 
 def test_baseline_reset_pins_the_new_calibration(config: Config) -> None:
