@@ -174,6 +174,14 @@ class ProbeResults:
                     cold = _reading(detail.get("tiny_encoder"), (("cold_seconds", float),))
                     if cold is not None and _positive_number(cold[0]):
                         encoder_cold = float(cold[0])
+        for dtype, (_, _, _, product_rate) in streamed.items():
+            # A 16-row product streaming its weights from memory cannot outrun the rate of the
+            # kernel forwards use. When it does, the square products took a slower path than
+            # the forwards' linear layers: in bfloat16 on a CPU without native bfloat16 (an EPYC
+            # guest: 2048² at 0.27 GFLOP/s, 128² at 2.0, the streamed product and the forwards at
+            # 14-16; BENCHMARKS.md, "bfloat16 where the square product is slow").
+            if dtype in compute:
+                compute[dtype] = max(compute[dtype], product_rate)
         return cls(
             compute_flops_per_second=compute,
             memory_bandwidth_bytes_per_second=bandwidth,

@@ -7,7 +7,11 @@ Why this size: a product has to be large enough that its launch and edge effects
 library picks its best blocking; past that, larger only costs time and memory. On a GPU n = 8192
 (1.1 TFLOP, a few milliseconds on a datacentre part, 3 × 128 MiB in half precision); on the CPU
 n = 2048 (17 GFLOP, tens of milliseconds on two cores: ``bench/probe_quality.py`` shows larger
-sizes gain nothing here). The size halves until the three operands fit in ``memory_cap_bytes``.
+sizes gain nothing here). The size halves until the three operands fit in ``memory_cap_bytes``,
+and, under a hard stop, while two calls of the largest small size say that the warm-up and one
+sample of the large product would not end within it (``size_within``): a call cannot be cut
+short, and some devices take a slow path for large squares (bfloat16 on a CPU without native
+bfloat16: 63 s for one 2048² product).
 
 It also times 2–3 smaller square products (128, 512 on the CPU; 512–2048 on a GPU, each
 sample a loop of at least 2·128³ FLOP so a clock read is negligible), reported in
@@ -84,6 +88,24 @@ def size_under_cap(size: int, dtype: str, memory_cap_bytes: int) -> int:
     return size
 
 
+class Products:
+    """``loops`` square n×n products into one output: what a timer times, with its FLOPs (a
+    fake timer in the tests reads ``n`` and ``flops`` to play a device's rate curve)."""
+
+    def __init__(self, n: int, request: ProbeRequest, loops: int | None = None) -> None:
+        dtype = torch_dtype(request.dtype)
+        self.n = n
+        self.loops = loops if loops is not None else max(1, LOOP_FLOPS // (2 * n**3))
+        self.flops = 2.0 * n**3 * self.loops
+        self.a = torch.randn(n, n, dtype=dtype, device=request.device)
+        self.b = torch.randn(n, n, dtype=dtype, device=request.device)
+        self.out = torch.empty(n, n, dtype=dtype, device=request.device)
+
+    def __call__(self) -> None:
+        for _ in range(self.loops):
+            torch.mm(self.a, self.b, out=self.out)
+
+
 def _rate(
     n: int,
     request: ProbeRequest,
@@ -92,18 +114,32 @@ def _rate(
     threads: int,
     clock: Callable[[], float],
 ) -> tuple[float, Measurement]:
-    dtype = torch_dtype(request.dtype)
-    a = torch.randn(n, n, dtype=dtype, device=request.device)
-    b = torch.randn(n, n, dtype=dtype, device=request.device)
-    out = torch.empty(n, n, dtype=dtype, device=request.device)
-    loops = max(1, LOOP_FLOPS // (2 * n**3))
-
-    def products() -> None:
-        for _ in range(loops):
-            torch.mm(a, b, out=out)
-
+    products = Products(n, request)
     measurement = measure(products, timing, timer, clock=clock, threads=threads)
-    return 2.0 * n**3 * loops / measurement.median_seconds, measurement
+    return products.flops / measurement.median_seconds, measurement
+
+
+def size_within(
+    size: int, smallest: int, hard_stop_seconds: float, request: ProbeRequest, timer: Timer
+) -> tuple[int, float]:
+    """The large product's size: ``size``, halved (not below ``smallest``) while its warm-up and
+    one sample, at the rate of two calls of a ``smallest``-sized product, would not end within
+    the large product's hard stop; and the device seconds that estimate took.
+
+    One call cannot be interrupted, so without this a device whose large square products take a
+    slow path runs far past the probe's budget: bfloat16 on an EPYC guest without native
+    bfloat16 ran 2048² at 0.27 GFLOP/s, 63 s a call, 126 s for a probe budgeted 0.6 s. Where
+    products are fast (float32 here: 2 × 2048² in about 0.1 s against a 0.84 s stop) the size is
+    kept, so the estimate costs two small calls (a few milliseconds on the CPU).
+    """
+    if size <= smallest:
+        return size, 0.0
+    probe = Products(smallest, request, loops=1)
+    seconds = [timer.time(probe) for _ in range(2)]  # the first also warms the library up
+    rate = probe.flops / min(seconds)
+    while size > smallest and 2 * (2.0 * size**3 / rate) > hard_stop_seconds:
+        size //= 2
+    return max(size, smallest), sum(seconds)
 
 
 def streamed_layer_count(llc_bytes: int, dtype: str, memory_cap_bytes: int) -> int:
@@ -226,10 +262,16 @@ def run(
         if request.timing.max_seconds is None
         else request.timing.max_seconds * LARGE_SHARE,
     )
-    flops_per_second, measurement = _rate(size, request, timer, large_timing, threads, clock)
-    small_sizes = [n for n in (GPU_SMALL_SIZES if request.is_cuda else CPU_SMALL_SIZES) if n < size]
-    rates_by_size = []
     other_device_seconds = 0.0
+    candidates = GPU_SMALL_SIZES if request.is_cuda else CPU_SMALL_SIZES
+    if large_timing.max_seconds is not None:  # a hard stop to keep: size the product under it
+        size, estimate_seconds = size_within(
+            size, max(candidates), large_timing.max_seconds, request, timer
+        )
+        other_device_seconds += estimate_seconds
+    flops_per_second, measurement = _rate(size, request, timer, large_timing, threads, clock)
+    small_sizes = [n for n in candidates if n < size]
+    rates_by_size = []
     transcendental_share = 0.0 if request.is_cuda else TRANSCENDENTAL_SHARE
     # A fixed share each, with a hard stop at twice it: however slow the large product was on a
     # loaded host, the small sizes are always measured (the model needs them) and cheap.

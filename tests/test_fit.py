@@ -152,11 +152,39 @@ def test_half_size_comes_from_the_streamed_product_when_measured() -> None:
     # at or above the peak (noise): the smallest deficit the probe resolves, not zero or None
     at_peak = calibrate(ProbeResults.from_records(with_streamed_product(2.0e11)))
     assert at_peak.gemm_half_size == pytest.approx(16 * (1 / 0.97 - 1))
+    assert at_peak.rate("float32") == 2.0e11  # the peak is at least what the 16 rows reached
     # a malformed row is skipped, the square sizes decide as before
     broken = with_streamed_product(0.45 * 1.9e11)
     broken[0]["detail"]["streamed_product"] = {"m": 16, "flops_per_second": "fast"}
     assert ProbeResults.from_records(broken).streamed_products == {}
     assert calibrate(ProbeResults.from_records(broken)).gemm_half_size == cpu().gemm_half_size
+
+
+def test_a_square_product_slower_than_the_streamed_one_does_not_set_the_peak() -> None:
+    # bfloat16 on an EPYC guest without native bfloat16 (accuracy-47-tcmalloc-epyc.json): torch.mm
+    # of squares ran at 2.0 (128), 1.4 (512) and 0.27 (2048) GFLOP/s, the 16-row streamed product
+    # at 15.9, and bert-base's bfloat16 forwards at 11-16 GFLOP/s of matrix products
+    compute = {
+        "probe": "compute",
+        "outcome": "ok",
+        "dtype": "bfloat16",
+        "value": 2.7e8,
+        "unit": "flops_per_second",
+        "detail": {
+            "rates_by_size": [
+                {"m": n, "n": n, "k": n, "flops_per_second": rate}
+                for n, rate in ((128, 2.05e9), (512, 1.39e9), (2048, 2.7e8))
+            ],
+            "streamed_product": {"m": 16, "n": 768, "k": 768, "flops_per_second": 1.59e10},
+        },
+    }
+    params = calibrate(ProbeResults.from_records([*RECORDS, compute]))
+    assert params.rate("bfloat16") == 1.59e10
+    assert params.rate("float32") == 1.9e11  # float32's squares are faster: unchanged
+    without_product = {**compute, "detail": {"rates_by_size": compute["detail"]["rates_by_size"]}}
+    assert calibrate(ProbeResults.from_records([*RECORDS, without_product])).rate(
+        "bfloat16"
+    ) == pytest.approx(2.05e9)
 
 
 def test_half_size_ignores_sizes_past_the_peak() -> None:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from scaleprobe.probes import compute, dispatch, memory
 from scaleprobe.probes import model as model_probe
 from scaleprobe.probes.device import cpu_llc_bytes, dtype_bytes, gpu_l2_bytes
 from scaleprobe.probes.guard import SkipProbe
-from scaleprobe.probes.registry import BUDGET_SECONDS, CALIBRATION_PROBES
+from scaleprobe.probes.registry import BUDGET_SECONDS, CALIBRATION_PROBES, probe_timing
 from scaleprobe.probes.request import ProbeRequest
 from scaleprobe.probes.timing import HostTimer, TimingRequest
 
@@ -51,6 +52,26 @@ class RunningPacedTimer(PacedTimer):
         assert callable(fn)
         fn()
         return super().time(fn)
+
+
+class RateTimer:
+    """A timer that plays a device's matrix-product rate curve on a fake clock: a product call
+    (``compute.Products``) takes its FLOPs over ``rates[n]``, any other call ``other_seconds``."""
+
+    name = "rate"
+
+    def __init__(self, clock: FakeClock, rates: dict[int, float], other_seconds: float) -> None:
+        self.clock = clock
+        self.rates = rates
+        self.other_seconds = other_seconds
+
+    def time(self, fn: object) -> float:
+        if isinstance(fn, compute.Products):
+            seconds = fn.flops / self.rates[fn.n]
+        else:
+            seconds = self.other_seconds
+        self.clock.advance(seconds)
+        return seconds
 
 
 QUICK = TimingRequest(warmup=1, min_repeats=3, max_repeats=10, budget_seconds=0.05)
@@ -117,17 +138,53 @@ def test_compute_measures_small_sizes_even_after_a_slow_large_product() -> None:
     timing = TimingRequest(
         warmup=1, min_repeats=3, max_repeats=10, budget_seconds=1.0, max_seconds=2.0
     )
+    # 2048² takes 0.5 s a call; at 512²'s rate it would take 0.57 s, so warm-up and one sample
+    # (1.15 s) fit the large product's hard stop (0.7 × 2 s) and the size is kept
+    rates = {128: 3e10, 512: 3e10, 2048: 2 * 2048**3 / 0.5}
     result = compute.run(
-        ProbeRequest(timing=timing), timer=PacedTimer(clock, seconds_per_call=0.5), clock=clock
+        ProbeRequest(timing=timing), timer=RateTimer(clock, rates, other_seconds=0.5), clock=clock
     )
     assert [row["n"] for row in result.detail["rates_by_size"]] == [
         *compute.CPU_SMALL_SIZES,
         compute.CPU_SIZE,
     ]
     # Hard stops: the large product at 0.7 × 2 s (warm-up + 1 sample = 1.0 s: a second sample
-    # would end at 1.5 s), each small size and each transcendental function at 2 × its share
-    # (warm-up + the one sample always kept = 1.0 s), instead of 4 calls each.
-    assert clock() == pytest.approx(1.0 + 3 * 1.0 + 2 * 1.0)
+    # would end at 1.5 s), the streamed product and each transcendental function at 2 × its
+    # share (warm-up + the one sample always kept = 1.0 s), instead of 4 calls each; the small
+    # sizes and the size estimate (two 512² calls, 18 ms) take about 0.09 s.
+    assert result.measurement.samples_seconds == (0.5,)
+    assert clock() == pytest.approx(1.0 + 1.0 + 2 * 1.0 + 0.09, abs=0.03)
+    assert result.device_seconds == pytest.approx(clock())
+
+
+def test_compute_shrinks_a_large_product_that_would_overrun_its_hard_stop() -> None:
+    # bfloat16 on an EPYC guest without native bfloat16 (accuracy-47-tcmalloc-epyc.json): torch.mm
+    # ran 128² at 2.0 GFLOP/s, 512² at 1.4 and 2048² at 0.27, one call 63 s, and the probe took
+    # 126 s of a 0.6 s budget. Two 512² calls (0.39 s) say 2048² and 1024² cannot fit.
+    clock = FakeClock()
+    rates = {128: 2.05e9, 512: 1.39e9, 1024: 6e8, 2048: 2.7e8}
+    timing = probe_timing("compute", "cpu")
+    result = compute.run(
+        ProbeRequest(timing=timing), timer=RateTimer(clock, rates, other_seconds=0.01), clock=clock
+    )
+    assert result.detail["m"] == 512
+    assert [row["n"] for row in result.detail["rates_by_size"]] == [128, 512]
+    assert result.value == pytest.approx(1.39e9)
+    assert clock() < 2 * timing.max_seconds  # about 1.3 s; 2048² alone would take 127 s
+    assert result.device_seconds == pytest.approx(clock())  # the estimate's calls counted
+
+
+def test_compute_keeps_the_large_product_where_products_are_fast() -> None:
+    clock = FakeClock()
+    rates = {128: 3.9e11, 512: 4.2e11, 2048: 4.3e11}  # float32 on the Xeon guest
+    result = compute.run(
+        ProbeRequest(timing=probe_timing("compute", "cpu")),
+        timer=RateTimer(clock, rates, other_seconds=0.001),
+        clock=clock,
+    )
+    assert result.detail["m"] == compute.CPU_SIZE
+    assert [row["n"] for row in result.detail["rates_by_size"]] == [128, 512, 2048]
+    assert result.value == pytest.approx(4.3e11)
 
 
 def test_compute_measures_tanh_and_exp_rates_on_the_cpu() -> None:
@@ -205,8 +262,12 @@ def test_streamed_product_runs_a_forwards_products_and_breaks_the_rate_down_by_s
 
 
 def test_compute_runs_in_bfloat16() -> None:
-    result = compute.run(ProbeRequest(dtype="bfloat16", timing=QUICK))
+    # under a hard stop, as the worker runs it: on a CPU without native bfloat16 a 2048² product
+    # takes a minute, and the probe sizes it down
+    timing = replace(QUICK, max_seconds=2 * QUICK.budget_seconds)
+    result = compute.run(ProbeRequest(dtype="bfloat16", timing=timing))
     assert result.dtype == "bfloat16" and result.value > 0
+    assert result.detail["m"] in (*compute.CPU_SMALL_SIZES, 1024, compute.CPU_SIZE)
 
 
 def test_memory_buffer_is_several_times_the_last_level_cache() -> None:
