@@ -139,7 +139,7 @@ def size_within(
     rate = probe.flops / min(seconds)
     while size > smallest and 2 * (2.0 * size**3 / rate) > hard_stop_seconds:
         size //= 2
-    return max(size, smallest), sum(seconds)
+    return size, sum(seconds)
 
 
 def streamed_layer_count(llc_bytes: int, dtype: str, memory_cap_bytes: int) -> int:

@@ -267,7 +267,7 @@ def test_compute_runs_in_bfloat16() -> None:
     timing = replace(QUICK, max_seconds=2 * QUICK.budget_seconds)
     result = compute.run(ProbeRequest(dtype="bfloat16", timing=timing))
     assert result.dtype == "bfloat16" and result.value > 0
-    assert result.detail["m"] in (*compute.CPU_SMALL_SIZES, 1024, compute.CPU_SIZE)
+    assert result.detail["m"] in (512, 1024, compute.CPU_SIZE)  # never below the largest small size
 
 
 def test_memory_buffer_is_several_times_the_last_level_cache() -> None:
